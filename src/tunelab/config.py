@@ -1,0 +1,293 @@
+"""Typed, validated views of params.yaml.
+
+Every value a stage uses comes from here; the models declare no defaults, so a
+key missing from params.yaml is an error, never a silent fallback. A stage
+loads only its own section (``load_section("train.alpaca")``); ``load_params``
+validates the whole file (``tunelab params check``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import TunelabError
+
+PARAMS_FILE = Path("params.yaml")
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Section(BaseModel):
+    """Strict base: unknown keys and wrong types are errors; values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- base
+
+
+class TokenizerParams(Section):
+    vocab_size: Annotated[int, Field(ge=300)]
+    min_frequency: PosInt
+
+
+class ArchitectureParams(Section):
+    hidden_size: PosInt
+    num_hidden_layers: PosInt
+    num_attention_heads: PosInt
+    num_key_value_heads: PosInt
+    intermediate_size: PosInt
+    max_position_embeddings: PosInt
+    rope_theta: PosFloat
+    tie_word_embeddings: bool
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ArchitectureParams:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+        return self
+
+
+class PretrainParams(Section):
+    steps: PosInt
+    batch_size: PosInt
+    seq_len: PosInt
+    learning_rate: PosFloat
+    warmup_steps: NonNegInt
+    weight_decay: NonNegFloat
+    max_grad_norm: PosFloat
+
+
+class TextBaseParams(Section):
+    """base.text: build a tiny Qwen2 (smoke) or point at a pretrained one (gpu)."""
+
+    source: Literal["build", "pretrained"]
+    pretrained: str | None
+    revision: str | None
+    corpus: str
+    seed: int
+    tokenizer: TokenizerParams
+    architecture: ArchitectureParams
+    pretrain: PretrainParams
+
+    @model_validator(mode="after")
+    def _pretrained_named(self) -> TextBaseParams:
+        if self.source == "pretrained" and not self.pretrained:
+            raise ValueError("source is 'pretrained' but 'pretrained' names no model")
+        return self
+
+
+# ------------------------------------------------------------------------ prepare
+
+
+class SplitParams(Section):
+    val_fraction: OpenFraction
+    max_val_rows: PosInt
+    seed: int
+
+
+class AlpacaPrepareParams(Section):
+    source: str
+    system_prompt: str
+    max_chars: PosInt
+    split: SplitParams
+
+
+class MedicalPrepareParams(Section):
+    source: str
+    encodings: Annotated[list[str], Field(min_length=1)]
+    columns: Annotated[list[str], Field(min_length=4, max_length=4)]
+    system_prompt: str
+    max_chars: PosInt
+    include_title: bool
+    split: SplitParams
+
+
+class LegalPrepareParams(Section):
+    exam_source: str | None
+    counsel_source: str | None
+    system_prompt: str
+    include_articles: bool
+    max_chars: PosInt
+    split: SplitParams
+
+    @model_validator(mode="after")
+    def _some_source(self) -> LegalPrepareParams:
+        if not (self.exam_source or self.counsel_source):
+            raise ValueError("at least one of exam_source / counsel_source is needed")
+        return self
+
+
+# -------------------------------------------------------------------------- train
+
+
+class ModelLoadParams(Section):
+    load_in_4bit: bool
+    dtype: Literal["float32", "bfloat16", "float16"]
+    trust_remote_code: bool
+    gradient_checkpointing: bool
+
+
+class LoraParams(Section):
+    r: PosInt
+    alpha: PosInt
+    dropout: Fraction
+    target_modules: Annotated[list[str], Field(min_length=1)]
+    use_dora: bool
+
+
+class SFTDataParams(Section):
+    max_length: PosInt
+    packing: bool
+    assistant_only_loss: bool
+
+
+class OptimParams(Section):
+    learning_rate: PosFloat
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"]
+    warmup_ratio: Fraction
+    weight_decay: NonNegFloat
+    per_device_train_batch_size: PosInt
+    gradient_accumulation_steps: PosInt
+    max_steps: Annotated[int, Field(ge=-1)]
+    num_train_epochs: PosFloat
+    max_grad_norm: PosFloat
+    optim: str
+
+    @model_validator(mode="after")
+    def _steps(self) -> OptimParams:
+        if self.max_steps == 0:
+            raise ValueError("max_steps must be positive, or -1 to train num_train_epochs")
+        return self
+
+
+class SFTTrainParams(Section):
+    """train.<text scenario>: LoRA / QLoRA SFT through TRL."""
+
+    seed: int
+    backend: Literal["auto", "unsloth", "hf"]
+    model: ModelLoadParams
+    lora: LoraParams
+    data: SFTDataParams
+    optim: OptimParams
+    logging_steps: PosInt
+    save_steps: PosInt
+
+
+# ----------------------------------------------------------------------- evaluate
+
+
+class DecodingParams(Section):
+    max_new_tokens: PosInt
+    do_sample: bool
+    temperature: PosFloat
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    repetition_penalty: PosFloat
+
+
+class SFTEvaluateParams(Section):
+    seed: int
+    max_samples: PosInt
+    batch_size: PosInt
+    decoding: DecodingParams
+    exact_match: bool
+    num_examples: NonNegInt
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "base.text": TextBaseParams,
+    "prepare.alpaca": AlpacaPrepareParams,
+    "prepare.medical": MedicalPrepareParams,
+    "prepare.legal": LegalPrepareParams,
+    "train.alpaca": SFTTrainParams,
+    "train.medical": SFTTrainParams,
+    "train.legal": SFTTrainParams,
+    "evaluate.alpaca": SFTEvaluateParams,
+    "evaluate.medical": SFTEvaluateParams,
+    "evaluate.legal": SFTEvaluateParams,
+}
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Load a YAML mapping safely (yaml.safe_load: no arbitrary objects)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TunelabError(str(path), "file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise TunelabError(f"{path}{line}", f"invalid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise TunelabError(str(path), "expected a mapping at the top level")
+    return data
+
+
+def _format_error(path: Path, prefix: str, err: ValidationError) -> TunelabError:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (not a parameter of this section)"
+    elif first["type"] == "missing":
+        msg = "missing key"
+    elif "input" in first and not isinstance(first["input"], dict | list):
+        msg = f"{msg} (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    if more:
+        msg += f" [+{more} more]"
+    return TunelabError(f"{path}: {loc}", msg)
+
+
+def _lookup(data: dict[str, Any], dotted: str, path: Path) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise TunelabError(f"{path}: {dotted}", "missing section")
+        node = node[part]
+    return node
+
+
+def load_section(name: str, path: Path = PARAMS_FILE) -> Any:
+    """Validate and return one section, e.g. ``load_section("train.alpaca")``."""
+    if name not in SECTIONS:
+        raise TunelabError(name, f"no such params section (known: {', '.join(sorted(SECTIONS))})")
+    raw = _lookup(read_yaml(path), name, path)
+    try:
+        return SECTIONS[name].model_validate(raw)
+    except ValidationError as err:
+        raise _format_error(path, name, err) from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> dict[str, Section]:
+    """Validate every section of the file; unknown top-level or stage keys are errors."""
+    data = read_yaml(path)
+    known: dict[str, set[str]] = {}
+    for name in SECTIONS:
+        top, _, sub = name.partition(".")
+        known.setdefault(top, set()).add(sub)
+    for top, value in data.items():
+        if top not in known:
+            raise TunelabError(f"{path}: {top}", "unknown key (not a parameter section)")
+        if not isinstance(value, dict):
+            raise TunelabError(f"{path}: {top}", "expected a mapping")
+        for sub in value:
+            if sub not in known[top]:
+                raise TunelabError(f"{path}: {top}.{sub}", "unknown key (not a parameter section)")
+    return {name: load_section(name, path) for name in SECTIONS}

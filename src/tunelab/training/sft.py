@@ -1,0 +1,143 @@
+"""Text SFT: LoRA / QLoRA through TRL's SFTTrainer, one recipe for every text scenario.
+
+Checkpoints go to .tunelab/checkpoints/<stage>/<scenario> (outside the DVC
+outputs, which DVC deletes before a stage runs) together with a fingerprint
+of the params, data and base model; a rerun after a crash resumes from the
+newest checkpoint whose fingerprint matches, and the folder is removed once
+the adapter is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import SFTTrainParams
+from tunelab.io import atomic_dir, dump_json, read_jsonl, sha256_path
+
+CHECKPOINTS = Path(".tunelab/checkpoints")
+
+
+def fingerprint(params: Any, inputs: dict[str, Path]) -> str:
+    h = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode())
+    for name in sorted(inputs):
+        h.update(name.encode() + sha256_path(inputs[name]).encode())
+    return h.hexdigest()
+
+
+def checkpoint_dir(stage_name: str, scenario: str, fp: str) -> tuple[Path, bool]:
+    """The checkpoint folder for this run and whether it holds a resumable checkpoint."""
+    ckpt = CHECKPOINTS / stage_name / scenario
+    marker = ckpt / "fingerprint.txt"
+    if ckpt.exists() and (not marker.is_file() or marker.read_text().strip() != fp):
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fp + "\n")
+    resumable = any(ckpt.glob("checkpoint-*"))
+    if resumable:
+        print(f"resuming from {max(ckpt.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1]))}")
+    return ckpt, resumable
+
+
+def dataset_from(path: Path) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{"messages": r["messages"]} for r in read_jsonl(path)])
+
+
+def sft_config(params: SFTTrainParams, output_dir: Path, **overrides: Any) -> Any:
+    """SFTConfig from params; nothing here that params do not name (library defaults aside)."""
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available()
+    o = params.optim
+    kwargs = dict(
+        output_dir=str(output_dir),
+        max_length=params.data.max_length,
+        packing=params.data.packing,
+        assistant_only_loss=params.data.assistant_only_loss,
+        learning_rate=o.learning_rate,
+        lr_scheduler_type=o.lr_scheduler_type,
+        warmup_steps=o.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the steps
+        weight_decay=o.weight_decay,
+        per_device_train_batch_size=o.per_device_train_batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation_steps,
+        max_steps=o.max_steps,
+        num_train_epochs=o.num_train_epochs,
+        max_grad_norm=o.max_grad_norm,
+        optim=o.optim,
+        logging_steps=params.logging_steps,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=2,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=cuda and params.model.dtype == "bfloat16",
+        fp16=cuda and params.model.dtype == "float16",
+        gradient_checkpointing=False,  # the backends enable it from params.model
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
+
+
+def train_sft(scenario: str, params: SFTTrainParams, backend: str, base_dir: Path,
+              data_dir: Path, out_dir: Path, live_dir: Path) -> dict[str, Any]:
+    """Train one scenario's adapter; write it, its tokenizer and run card to out_dir."""
+    from dvclive import Live
+    from transformers import set_seed
+    from transformers.integrations import DVCLiveCallback
+    from trl import SFTTrainer
+
+    from tunelab import stage
+    from tunelab.models.chat import ensure_generation_template
+    from tunelab.models.loading import resolve_base
+    from tunelab.training.backends import load_hf, load_unsloth
+    from tunelab.training.runcard import run_card
+
+    inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
+    fp = fingerprint(params, inputs)
+    ckpt, resumable = checkpoint_dir("train", scenario, fp)
+    name_or_path, revision = resolve_base(base_dir)
+
+    with stage.Timer() as timer:
+        set_seed(params.seed)  # before the model and the adapter are built
+        if backend == "unsloth":
+            model, tokenizer = load_unsloth(name_or_path, revision, params.model, params.lora,
+                                            params.seed, params.data.max_length)
+        else:
+            model, tokenizer = load_hf(name_or_path, revision, params.model, params.lora, params.seed)
+        template_replaced = False
+        if params.data.assistant_only_loss:
+            template_replaced = ensure_generation_template(tokenizer, f"{name_or_path} chat template")
+        train_ds = dataset_from(inputs["train"])
+        live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resumable)
+        trainer = SFTTrainer(
+            model=model, args=sft_config(params, ckpt), train_dataset=train_ds,
+            processing_class=tokenizer, callbacks=[DVCLiveCallback(live=live)],
+        )
+        result = trainer.train(resume_from_checkpoint=True if resumable else None)
+        live.end()
+
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    card = run_card(
+        scenario, f"train.{scenario}", params, inputs | {"val": data_dir / "val.jsonl"},
+        timer.seconds, backend=backend, base_model={"name_or_path": name_or_path, "revision": revision},
+        chat_template_replaced=template_replaced, resumed=resumable,
+        train={"global_step": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
+               "first_logged_loss": history[0]["loss"] if history else None,
+               "last_logged_loss": history[-1]["loss"] if history else None,
+               "train_rows": len(train_ds)},
+    )
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        dump_json(tmp / "run_card.json", card)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return card

@@ -1,0 +1,40 @@
+"""Stage train: LoRA / QLoRA SFT of one text scenario -> adapters/<scenario>/.
+
+    python -m stages.train alpaca|medical|legal
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tunelab import stage
+
+SCENARIOS = ("alpaca", "medical", "legal")
+
+
+def train(scenario: str) -> None:
+    from tunelab.config import load_section
+    from tunelab.training.backends import select_backend
+
+    params = load_section(f"train.{scenario}")
+    backend = select_backend(params.backend, f"train.{scenario}.backend")  # before transformers
+    from tunelab.training.sft import train_sft
+
+    card = train_sft(scenario, params, backend, base_dir=Path("models/base/text"),
+                     data_dir=Path("data/prepared") / scenario, out_dir=Path("adapters") / scenario,
+                     live_dir=Path("reports/train") / scenario)
+    t = card["train"]
+    print(f"train {scenario}: backend {backend}, {t['global_step']} steps, loss "
+          f"{t['first_logged_loss']} -> {t['last_logged_loss']}, {card['wall_seconds']:.0f}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", choices=SCENARIOS)
+    args = parser.parse_args()
+    stage.run(lambda: train(args.scenario))
+
+
+if __name__ == "__main__":
+    main()
