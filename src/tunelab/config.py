@@ -196,12 +196,20 @@ class DecodingParams(Section):
     repetition_penalty: PosFloat
 
 
+class EvalModelParams(Section):
+    load_in_4bit: bool
+    dtype: Literal["float32", "bfloat16", "float16"]
+    trust_remote_code: bool
+
+
 class SFTEvaluateParams(Section):
     seed: int
+    model: EvalModelParams
     max_samples: PosInt
     batch_size: PosInt
     decoding: DecodingParams
     exact_match: bool
+    bleu_tokenize: Literal["13a", "zh", "char", "intl", "none"]
     num_examples: NonNegInt
 
 

@@ -1,0 +1,72 @@
+"""Stage evaluate: base versus tuned on the held-out set of one text scenario.
+
+    python -m stages.evaluate alpaca|medical|legal
+
+Writes reports/metrics/evaluate/<scenario>.json (fixed name, for `dvc metrics
+diff`) and reports/generations/<scenario>.jsonl (prompt, reference, base, tuned).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tunelab import stage
+
+SCENARIOS = ("alpaca", "medical", "legal")
+
+
+def evaluate(scenario: str) -> None:
+    from tunelab.config import load_section
+
+    params = load_section(f"evaluate.{scenario}")
+    from transformers import set_seed
+
+    from tunelab.data.common import prompt_of, reference_of
+    from tunelab.evaluation.sft import generate, heldout_loss, text_scores
+    from tunelab.io import atomic_file, read_jsonl, write_json
+    from tunelab.models.loading import load_adapter, load_causal_lm, load_tokenizer, resolve_base
+
+    adapter_dir = Path("adapters") / scenario
+    records = read_jsonl(Path("data/prepared") / scenario / "val.jsonl")[: params.max_samples]
+    name_or_path, revision = resolve_base(Path("models/base/text"))
+    tokenizer = load_tokenizer(str(adapter_dir), None, False)  # the template used in training
+    model = load_causal_lm(name_or_path, revision, params.model.dtype, params.model.load_in_4bit,
+                           params.model.trust_remote_code)
+    model.eval()
+    prompts = [prompt_of(r) for r in records]
+    refs = [reference_of(r) for r in records]
+    convs = [r["messages"] for r in records]
+
+    results, outputs = {}, {}
+    with stage.Timer() as timer:
+        for name in ("base", "tuned"):
+            if name == "tuned":
+                model = load_adapter(model, adapter_dir)
+                model.eval()
+            set_seed(params.seed)
+            outputs[name] = generate(model, tokenizer, prompts, params.decoding, params.batch_size)
+            results[name] = heldout_loss(model, tokenizer, convs, params.batch_size) | text_scores(
+                outputs[name], refs, params.bleu_tokenize, params.exact_match)
+    metrics = {**results, "samples": len(records),
+               "delta": {k: round(results["tuned"][k] - results["base"][k], 4) for k in results["base"]}}
+    write_json(Path("reports/metrics/evaluate") / f"{scenario}.json", metrics)
+    import json
+
+    with atomic_file(Path("reports/generations") / f"{scenario}.jsonl") as fh:
+        for p, ref, b, t in zip(prompts, refs, outputs["base"], outputs["tuned"], strict=True):
+            fh.write(json.dumps({"prompt": p[-1]["content"], "reference": ref, "base": b, "tuned": t},
+                                ensure_ascii=False) + "\n")
+    print(f"evaluate {scenario} ({len(records)} prompts, {timer.seconds:.0f}s): "
+          + "; ".join(f"{k} {results['base'][k]} -> {results['tuned'][k]}" for k in results["base"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", choices=SCENARIOS)
+    args = parser.parse_args()
+    stage.run(lambda: evaluate(args.scenario))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Shared fixtures: repository paths, the shared datasets, a tiny base model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def shared_dataset(*parts: str) -> Path:
+    """A path under ../shared/datasets, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real dataset not available: {path} (../shared/datasets is absent)")
+    return path
+
+
+def params_dict() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+
+
+def section(name: str, **updates: object) -> object:
+    """A validated params section from params.yaml with dotted-key overrides."""
+    from tunelab.config import SECTIONS
+
+    data = params_dict()
+    for part in name.split("."):
+        data = data[part]
+    for dotted, value in updates.items():
+        node = data
+        *path, leaf = dotted.split("__")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return SECTIONS[name].model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2 built by the real base stage code, with a short pretraining."""
+    from transformers import set_seed
+
+    from tunelab.models.tiny import build_model, pack_blocks, pretrain, train_tokenizer
+
+    params = section("base.text", pretrain__steps=120)
+    lines = [ln for ln in (ROOT / params.corpus).read_text(encoding="utf-8").splitlines() if ln]
+    set_seed(params.seed)
+    tok = train_tokenizer(lines, params.tokenizer.vocab_size, params.tokenizer.min_frequency)
+    model = build_model(params, tok)
+    pretrain(model, pack_blocks(lines, tok, params.pretrain.seq_len), params, params.seed)
+    out = tmp_path_factory.mktemp("base") / "text"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def run_module(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m ...` in cwd with the test interpreter."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

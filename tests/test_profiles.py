@@ -1,0 +1,83 @@
+"""Profiles: `tunelab profile gpu` changes exactly the overlay's keys; smoke is the shipped file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.config import load_params
+from tunelab.errors import TunelabError
+from tunelab.profiles import apply_profile, leaves
+
+from .conftest import ROOT, run_module
+
+
+def overlay(name: str) -> dict:
+    return yaml.safe_load((ROOT / "profiles" / f"{name}.yaml").read_text(encoding="utf-8"))
+
+
+def test_profiles_name_the_same_keys() -> None:
+    assert set(leaves(overlay("gpu"))) == set(leaves(overlay("smoke")))
+
+
+def test_params_yaml_is_the_smoke_profile(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    assert apply_profile("smoke", params, ROOT / "profiles") == []
+    assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_gpu_then_smoke_round_trips_and_keeps_comments(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    changed = apply_profile("gpu", params, ROOT / "profiles")
+    gpu = load_params(params)
+    assert gpu["base.text"].pretrained == "Qwen/Qwen2.5-7B-Instruct"
+    assert gpu["train.medical"].model.load_in_4bit is True
+    assert gpu["train.legal"].data.packing is True
+    assert "# tunelab parameters" in params.read_text(encoding="utf-8")
+    assert "&" not in params.read_text(encoding="utf-8").split("# tunelab parameters")[1].split("lora")[0]
+    flat_gpu = leaves(overlay("gpu"))
+    flat_smoke = leaves(overlay("smoke"))
+    assert set(changed) == {k for k in flat_gpu if flat_gpu[k] != flat_smoke[k]}
+    apply_profile("smoke", params, ROOT / "profiles")
+    assert yaml.safe_load(params.read_text()) == yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_unknown_key_in_a_profile_changes_nothing(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "bad.yaml").write_text("train:\n  alpaca:\n    lora:\n      rank: 4\n")
+    (profiles / "worse.yaml").write_text("train:\n  alpaca:\n    lora:\n      r: -4\n")
+    with pytest.raises(TunelabError, match=r"train.alpaca.lora.rank"):
+        apply_profile("bad", params, profiles)
+    with pytest.raises(TunelabError, match=r"invalid at train.alpaca.lora.r"):
+        apply_profile("worse", params, profiles)
+    assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_dvc_params_diff_shows_exactly_the_profile(tmp_path: Path) -> None:
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "smoke"], cwd=tmp_path, check=True)
+    res = run_module(["tunelab.cli", "profile", "gpu"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    diff = subprocess.run(["dvc", "params", "diff", "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, check=True)
+    import json
+
+    changed = set(json.loads(diff.stdout)["params.yaml"])
+    flat_gpu, flat_smoke = leaves(overlay("gpu")), leaves(overlay("smoke"))
+    expected = {k for k in flat_gpu if flat_gpu[k] != flat_smoke[k]}
+    assert changed == expected
