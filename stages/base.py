@@ -1,6 +1,6 @@
 """Stage base: build the tiny base model (smoke) or record the pretrained one (gpu).
 
-    python -m stages.base text
+python -m stages.base text
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ def build_text() -> None:
     out = OUT / "text"
     if params.source == "pretrained":
         with atomic_dir(out) as tmp:
-            dump_json(tmp / "base.json", {"name_or_path": params.pretrained,
-                                           "revision": params.revision})
+            dump_json(
+                tmp / "base.json", {"name_or_path": params.pretrained, "revision": params.revision}
+            )
         print(f"base text: {params.pretrained} (revision {params.revision})")
         return
 
@@ -40,30 +41,42 @@ def build_text() -> None:
         raise TunelabError(str(corpus), "corpus is empty")
     with stage.Timer() as timer:
         set_seed(params.seed)
-        tokenizer = train_tokenizer(lines, params.tokenizer.vocab_size, params.tokenizer.min_frequency)
+        tokenizer = train_tokenizer(
+            lines, params.tokenizer.vocab_size, params.tokenizer.min_frequency
+        )
         model = build_model(params, tokenizer)
         blocks = pack_blocks(lines, tokenizer, params.pretrain.seq_len)
         losses = pretrain(model, blocks, params, params.seed)
     model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(END_OF_TEXT)],
-        pad_token_id=tokenizer.convert_tokens_to_ids(END_OF_TEXT), do_sample=False)
+        eos_token_id=[
+            tokenizer.convert_tokens_to_ids(IM_END),
+            tokenizer.convert_tokens_to_ids(END_OF_TEXT),
+        ],
+        pad_token_id=tokenizer.convert_tokens_to_ids(END_OF_TEXT),
+        do_sample=False,
+    )
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        dump_json(tmp / "base_card.json", {
-            "params": params.model_dump(),
-            "corpus_sha256": sha256_path(corpus),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "vocab_size": len(tokenizer),
-            "blocks": int(blocks.shape[0]),
-            "pretrain_loss_first": round(losses[0], 4),
-            "pretrain_loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4),
-            "wall_seconds": timer.seconds,
-            "libraries": stage.library_versions(),
-            "code": stage.code_revision(),
-        })
-    print(f"base text: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"pretrain loss {losses[0]:.2f} -> {losses[-1]:.2f} in {timer.seconds:.0f}s")
+        dump_json(
+            tmp / "base_card.json",
+            {
+                "params": params.model_dump(),
+                "corpus_sha256": sha256_path(corpus),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "vocab_size": len(tokenizer),
+                "blocks": int(blocks.shape[0]),
+                "pretrain_loss_first": round(losses[0], 4),
+                "pretrain_loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+                "wall_seconds": timer.seconds,
+                "libraries": stage.library_versions(),
+                "code": stage.code_revision(),
+            },
+        )
+    print(
+        f"base text: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"pretrain loss {losses[0]:.2f} -> {losses[-1]:.2f} in {timer.seconds:.0f}s"
+    )
 
 
 BUILDERS = {"text": build_text}

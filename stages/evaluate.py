@@ -31,8 +31,13 @@ def evaluate(scenario: str) -> None:
     records = read_jsonl(Path("data/prepared") / scenario / "val.jsonl")[: params.max_samples]
     name_or_path, revision = resolve_base(Path("models/base/text"))
     tokenizer = load_tokenizer(str(adapter_dir), None, False)  # the template used in training
-    model = load_causal_lm(name_or_path, revision, params.model.dtype, params.model.load_in_4bit,
-                           params.model.trust_remote_code)
+    model = load_causal_lm(
+        name_or_path,
+        revision,
+        params.model.dtype,
+        params.model.load_in_4bit,
+        params.model.trust_remote_code,
+    )
     model.eval()
     prompts = [prompt_of(r) for r in records]
     refs = [reference_of(r) for r in records]
@@ -47,18 +52,29 @@ def evaluate(scenario: str) -> None:
             set_seed(params.seed)
             outputs[name] = generate(model, tokenizer, prompts, params.decoding, params.batch_size)
             results[name] = heldout_loss(model, tokenizer, convs, params.batch_size) | text_scores(
-                outputs[name], refs, params.bleu_tokenize, params.exact_match)
-    metrics = {**results, "samples": len(records),
-               "delta": {k: round(results["tuned"][k] - results["base"][k], 4) for k in results["base"]}}
+                outputs[name], refs, params.bleu_tokenize, params.exact_match
+            )
+    metrics = {
+        **results,
+        "samples": len(records),
+        "delta": {k: round(results["tuned"][k] - results["base"][k], 4) for k in results["base"]},
+    }
     write_json(Path("reports/metrics/evaluate") / f"{scenario}.json", metrics)
     import json
 
     with atomic_file(Path("reports/generations") / f"{scenario}.jsonl") as fh:
         for p, ref, b, t in zip(prompts, refs, outputs["base"], outputs["tuned"], strict=True):
-            fh.write(json.dumps({"prompt": p[-1]["content"], "reference": ref, "base": b, "tuned": t},
-                                ensure_ascii=False) + "\n")
-    print(f"evaluate {scenario} ({len(records)} prompts, {timer.seconds:.0f}s): "
-          + "; ".join(f"{k} {results['base'][k]} -> {results['tuned'][k]}" for k in results["base"]))
+            fh.write(
+                json.dumps(
+                    {"prompt": p[-1]["content"], "reference": ref, "base": b, "tuned": t},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+    print(
+        f"evaluate {scenario} ({len(records)} prompts, {timer.seconds:.0f}s): "
+        + "; ".join(f"{k} {results['base'][k]} -> {results['tuned'][k]}" for k in results["base"])
+    )
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Stage prepare: raw data of one scenario -> data/prepared/<scenario>/{train,val}.jsonl + data card.
 
-    python -m stages.prepare alpaca|medical|legal
+python -m stages.prepare alpaca|medical|legal
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ def prepare(scenario: str) -> None:
     module, func = PREPARERS[scenario].split(":")
     records, card = getattr(importlib.import_module(module), func)(params)
     if len(records) < 2:
-        raise TunelabError(f"prepare.{scenario}", f"only {len(records)} usable rows after filtering "
-                                                  f"(dropped: {dict(card.dropped)})")
+        raise TunelabError(
+            f"prepare.{scenario}",
+            f"only {len(records)} usable rows after filtering (dropped: {dict(card.dropped)})",
+        )
     train, val = split_records(records, params.split)
     summary = write_prepared(Path("data/prepared") / scenario, train, val, card)
-    print(f"prepare {scenario}: read {summary['rows_read']}, kept {summary['rows_kept']} "
-          f"(train {len(train)}, val {len(val)}), dropped {summary['rows_dropped']}")
+    print(
+        f"prepare {scenario}: read {summary['rows_read']}, kept {summary['rows_kept']} "
+        f"(train {len(train)}, val {len(val)}), dropped {summary['rows_dropped']}"
+    )
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Stage train: LoRA / QLoRA SFT of one text scenario -> adapters/<scenario>/.
 
-    python -m stages.train alpaca|medical|legal
+python -m stages.train alpaca|medical|legal
 """
 
 from __future__ import annotations
@@ -21,12 +21,20 @@ def train(scenario: str) -> None:
     backend = select_backend(params.backend, f"train.{scenario}.backend")  # before transformers
     from tunelab.training.sft import train_sft
 
-    card = train_sft(scenario, params, backend, base_dir=Path("models/base/text"),
-                     data_dir=Path("data/prepared") / scenario, out_dir=Path("adapters") / scenario,
-                     live_dir=Path("reports/train") / scenario)
+    card = train_sft(
+        scenario,
+        params,
+        backend,
+        base_dir=Path("models/base/text"),
+        data_dir=Path("data/prepared") / scenario,
+        out_dir=Path("adapters") / scenario,
+        live_dir=Path("reports/train") / scenario,
+    )
     t = card["train"]
-    print(f"train {scenario}: backend {backend}, {t['global_step']} steps, loss "
-          f"{t['first_logged_loss']} -> {t['last_logged_loss']}, {card['wall_seconds']:.0f}s")
+    print(
+        f"train {scenario}: backend {backend}, {t['global_step']} steps, loss "
+        f"{t['first_logged_loss']} -> {t['last_logged_loss']}, {card['wall_seconds']:.0f}s"
+    )
 
 
 def main() -> None:

@@ -66,8 +66,16 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run_module(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_module(
+    args: list[str], cwd: Path, env: dict | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """Run `python -m ...` in cwd with the test interpreter."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -28,18 +28,66 @@ def test_every_section_of_the_shipped_params_validates() -> None:
 @pytest.mark.parametrize(
     ("mutate", "key", "message"),
     [
-        (lambda d: d["train"]["alpaca"]["lora"].__setitem__("rank", 8), "train.alpaca.lora.rank", "unknown key"),
-        (lambda d: d["train"]["alpaca"]["lora"].__setitem__("r", 0), "train.alpaca.lora.r", "greater than 0"),
-        (lambda d: d["train"]["alpaca"]["lora"].__setitem__("r", "16"), "train.alpaca.lora.r", "valid integer"),
-        (lambda d: d["train"]["alpaca"]["optim"].__setitem__("learning_rate", -1.0), "train.alpaca.optim.learning_rate", "greater than 0"),
-        (lambda d: d["train"]["alpaca"]["optim"].__setitem__("learning_rate", "2e-4"), "train.alpaca.optim.learning_rate", "valid number"),
-        (lambda d: d["train"]["alpaca"]["lora"].__setitem__("dropout", 1.5), "train.alpaca.lora.dropout", "less than or equal to 1"),
-        (lambda d: d["train"]["alpaca"].__setitem__("backend", "vllm"), "train.alpaca.backend", "'auto', 'unsloth' or 'hf'"),
-        (lambda d: d["train"]["alpaca"]["optim"].pop("max_steps"), "train.alpaca.optim.max_steps", "missing key"),
-        (lambda d: d["train"]["alpaca"]["optim"].__setitem__("max_steps", 0), "train.alpaca.optim", "max_steps must be positive"),
-        (lambda d: d["prepare"]["medical"].__setitem__("max_chars", -5), "prepare.medical.max_chars", "greater than 0"),
-        (lambda d: d["base"]["text"]["architecture"].__setitem__("num_key_value_heads", 3), "base.text.architecture", "divisible"),
-        (lambda d: d["evaluate"]["legal"]["decoding"].__setitem__("top_p", 0.0), "evaluate.legal.decoding.top_p", "greater than 0"),
+        (
+            lambda d: d["train"]["alpaca"]["lora"].__setitem__("rank", 8),
+            "train.alpaca.lora.rank",
+            "unknown key",
+        ),
+        (
+            lambda d: d["train"]["alpaca"]["lora"].__setitem__("r", 0),
+            "train.alpaca.lora.r",
+            "greater than 0",
+        ),
+        (
+            lambda d: d["train"]["alpaca"]["lora"].__setitem__("r", "16"),
+            "train.alpaca.lora.r",
+            "valid integer",
+        ),
+        (
+            lambda d: d["train"]["alpaca"]["optim"].__setitem__("learning_rate", -1.0),
+            "train.alpaca.optim.learning_rate",
+            "greater than 0",
+        ),
+        (
+            lambda d: d["train"]["alpaca"]["optim"].__setitem__("learning_rate", "2e-4"),
+            "train.alpaca.optim.learning_rate",
+            "valid number",
+        ),
+        (
+            lambda d: d["train"]["alpaca"]["lora"].__setitem__("dropout", 1.5),
+            "train.alpaca.lora.dropout",
+            "less than or equal to 1",
+        ),
+        (
+            lambda d: d["train"]["alpaca"].__setitem__("backend", "vllm"),
+            "train.alpaca.backend",
+            "'auto', 'unsloth' or 'hf'",
+        ),
+        (
+            lambda d: d["train"]["alpaca"]["optim"].pop("max_steps"),
+            "train.alpaca.optim.max_steps",
+            "missing key",
+        ),
+        (
+            lambda d: d["train"]["alpaca"]["optim"].__setitem__("max_steps", 0),
+            "train.alpaca.optim",
+            "max_steps must be positive",
+        ),
+        (
+            lambda d: d["prepare"]["medical"].__setitem__("max_chars", -5),
+            "prepare.medical.max_chars",
+            "greater than 0",
+        ),
+        (
+            lambda d: d["base"]["text"]["architecture"].__setitem__("num_key_value_heads", 3),
+            "base.text.architecture",
+            "divisible",
+        ),
+        (
+            lambda d: d["evaluate"]["legal"]["decoding"].__setitem__("top_p", 0.0),
+            "evaluate.legal.decoding.top_p",
+            "greater than 0",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, mutate, key: str, message: str) -> None:

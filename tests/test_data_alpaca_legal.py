@@ -20,8 +20,10 @@ def alpaca(path: Path, **kw: object):
 
 
 def test_alpaca_json_and_jsonl_give_the_same_records(tmp_path: Path) -> None:
-    rows = [{"instruction": "Say hi.", "input": "", "output": "hi"},
-            {"instruction": "Echo.", "input": "x", "output": "x"}]
+    rows = [
+        {"instruction": "Say hi.", "input": "", "output": "hi"},
+        {"instruction": "Echo.", "input": "x", "output": "x"},
+    ]
     (tmp_path / "a.json").write_text(json.dumps(rows))
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     a, _ = alpaca(tmp_path / "a.json")
@@ -66,7 +68,9 @@ def test_split_is_seeded_and_bounded() -> None:
     params = section("prepare.alpaca").split
     train, val = split_records(records, params)
     train2, val2 = split_records(records, params)
-    assert val == val2 and len(val) == min(params.max_val_rows, round(params.val_fraction * len(records)))
+    assert val == val2 and len(val) == min(
+        params.max_val_rows, round(params.val_fraction * len(records))
+    )
     assert not {json.dumps(r) for r in train} & {json.dumps(r) for r in val}
 
 
@@ -75,8 +79,10 @@ def legal(**kw: object):
 
 
 def test_legal_builder_keeps_the_cited_articles() -> None:
-    base = {"exam_source": str(ROOT / "data/raw/legal/judicial_exam.json"),
-            "counsel_source": str(ROOT / "data/raw/legal/counsel_with_articles.json")}
+    base = {
+        "exam_source": str(ROOT / "data/raw/legal/judicial_exam.json"),
+        "counsel_source": str(ROOT / "data/raw/legal/counsel_with_articles.json"),
+    }
     records, card = legal(**base)
     counsel = [r for r in records if r["meta"]["kind"] == "counsel"]
     exam = [r for r in records if r["meta"]["kind"] == "exam"]

@@ -38,10 +38,16 @@ def test_each_encoding_is_detected(tmp_path: Path, encoding: str, expected: str)
 
 
 def test_shipped_samples_are_read_with_their_encodings() -> None:
-    records, card = prepare_medical(section("prepare.medical", source=str(ROOT / "data/raw/medical")))
+    records, card = prepare_medical(
+        section("prepare.medical", source=str(ROOT / "data/raw/medical"))
+    )
     by_file = {Path(k).name: v for k, v in card.encodings.items()}
-    assert by_file == {"utf8.csv": "utf-8", "utf8_bom.csv": "utf-8-sig", "gbk.csv": "gbk",
-                       "gb18030.csv": "gb18030"}
+    assert by_file == {
+        "utf8.csv": "utf-8",
+        "utf8_bom.csv": "utf-8-sig",
+        "gbk.csv": "gbk",
+        "gb18030.csv": "gb18030",
+    }
     assert card.dropped == Counter({"empty": 1, "duplicate": 1, "too_long": 1})
     assert any("𠮷" in r["messages"][1]["content"] for r in records)
     assert all(len(r["messages"][1]["content"]) + len(reference_of(r)) <= 200 for r in records)
@@ -50,7 +56,9 @@ def test_shipped_samples_are_read_with_their_encodings() -> None:
 def test_length_limit_comes_from_params(tmp_path: Path) -> None:
     csv_file(tmp_path, "a.csv", HEADER + "内科,t,短问题,短回答\n内科,t," + "长" * 150 + ",回答\n")
     for limit, kept in ((200, 2), (100, 1)):
-        records, card = prepare_medical(section("prepare.medical", source=str(tmp_path), max_chars=limit))
+        records, card = prepare_medical(
+            section("prepare.medical", source=str(tmp_path), max_chars=limit)
+        )
         assert len(records) == kept
         assert card.dropped.get("too_long", 0) == 2 - kept
 
@@ -60,11 +68,17 @@ def test_length_limit_comes_from_params(tmp_path: Path) -> None:
     [
         ("", "a.csv", "file is empty"),
         ("department,title,question,answer\n内科,t,q,a\n", "a.csv", "missing column 'ask'"),
-        (HEADER + "内科,t,q,a\n内科,t,q\n", "a.csv row ending on line 3", "has 3 fields, the header has 4"),
+        (
+            HEADER + "内科,t,q,a\n内科,t,q\n",
+            "a.csv row ending on line 3",
+            "has 3 fields, the header has 4",
+        ),
         (HEADER + '内科,t,"unterminated,a\n', "a.csv line", "malformed CSV"),
     ],
 )
-def test_malformed_files_fail_with_file_and_row(tmp_path: Path, text: str, where: str, message: str) -> None:
+def test_malformed_files_fail_with_file_and_row(
+    tmp_path: Path, text: str, where: str, message: str
+) -> None:
     csv_file(tmp_path, "a.csv", text)
     with pytest.raises(TunelabError) as err:
         prepare_medical(section("prepare.medical", source=str(tmp_path)))
@@ -74,7 +88,9 @@ def test_malformed_files_fail_with_file_and_row(tmp_path: Path, text: str, where
 
 def test_undecodable_file_is_named(tmp_path: Path) -> None:
     path = csv_file(tmp_path, "a.csv", HEADER + "内科,t,q,a\n", "utf-16")
-    with pytest.raises(TunelabError, match=r"a.csv: does not decode as any of utf-8-sig, utf-8, gbk, gb18030"):
+    with pytest.raises(
+        TunelabError, match=r"a.csv: does not decode as any of utf-8-sig, utf-8, gbk, gb18030"
+    ):
         detect_encoding(path.read_bytes(), CANDIDATES, str(path))
 
 

@@ -40,7 +40,10 @@ def test_gpu_then_smoke_round_trips_and_keeps_comments(tmp_path: Path) -> None:
     assert gpu["train.medical"].model.load_in_4bit is True
     assert gpu["train.legal"].data.packing is True
     assert "# tunelab parameters" in params.read_text(encoding="utf-8")
-    assert "&" not in params.read_text(encoding="utf-8").split("# tunelab parameters")[1].split("lora")[0]
+    assert (
+        "&"
+        not in params.read_text(encoding="utf-8").split("# tunelab parameters")[1].split("lora")[0]
+    )
     flat_gpu = leaves(overlay("gpu"))
     flat_smoke = leaves(overlay("smoke"))
     assert set(changed) == {k for k in flat_gpu if flat_gpu[k] != flat_smoke[k]}
@@ -73,8 +76,13 @@ def test_dvc_params_diff_shows_exactly_the_profile(tmp_path: Path) -> None:
     subprocess.run([*git, "commit", "-qm", "smoke"], cwd=tmp_path, check=True)
     res = run_module(["tunelab.cli", "profile", "gpu"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    diff = subprocess.run(["dvc", "params", "diff", "--json"], cwd=tmp_path, capture_output=True,
-                          text=True, check=True)
+    diff = subprocess.run(
+        ["dvc", "params", "diff", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import json
 
     changed = set(json.loads(diff.stdout)["params.yaml"])

@@ -1,7 +1,7 @@
 """The `tunelab` command: helpers around the DVC pipeline.
 
-    tunelab profile gpu|smoke     write a profile's values into params.yaml
-    tunelab params                validate every section of params.yaml
+tunelab profile gpu|smoke     write a profile's values into params.yaml
+tunelab params                validate every section of params.yaml
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from tunelab.profiles import apply_profile
 
     changed = apply_profile(args.name, Path(args.params))
-    print(f"profile {args.name}: {len(changed)} values changed in {args.params}"
-          + ("" if not changed else " (see `dvc params diff`)"))
+    print(
+        f"profile {args.name}: {len(changed)} values changed in {args.params}"
+        + ("" if not changed else " (see `dvc params diff`)")
+    )
 
 
 def cmd_params(args: argparse.Namespace) -> None:
@@ -29,8 +31,9 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tunelab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tunelab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("profile", help="write a profile (profiles/NAME.yaml) into params.yaml")
     p.add_argument("name")

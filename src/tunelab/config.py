@@ -241,7 +241,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
-        raise TunelabError(f"{path}{line}", f"invalid YAML ({getattr(err, 'problem', err)})") from None
+        raise TunelabError(
+            f"{path}{line}", f"invalid YAML ({getattr(err, 'problem', err)})"
+        ) from None
     if not isinstance(data, dict):
         raise TunelabError(str(path), "expected a mapping at the top level")
     return data

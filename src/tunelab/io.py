@@ -62,8 +62,9 @@ def write_json(path: Path, obj: Any) -> None:
 
 def dump_json(path: Path, obj: Any) -> None:
     """Write JSON into a directory that is itself being built atomically."""
-    Path(path).write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n",
-                          encoding="utf-8")
+    Path(path).write_text(
+        json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -40,14 +40,18 @@ def _merge(target: Any, overlay: dict[str, Any], where: str, changed: list[str])
             raise TunelabError(dotted, "the profile names a key params.yaml does not have")
         if isinstance(value, dict):
             if not isinstance(target[key], dict):
-                raise TunelabError(dotted, "the profile has a mapping where params.yaml has a value")
+                raise TunelabError(
+                    dotted, "the profile has a mapping where params.yaml has a value"
+                )
             _merge(target[key], value, dotted, changed)
         elif target[key] != value:
             target[key] = copy.deepcopy(value)
             changed.append(dotted)
 
 
-def apply_profile(name: str, params_path: Path = PARAMS_FILE, profiles_dir: Path = PROFILES_DIR) -> list[str]:
+def apply_profile(
+    name: str, params_path: Path = PARAMS_FILE, profiles_dir: Path = PROFILES_DIR
+) -> list[str]:
     """Write profile ``name`` into params.yaml; return the dotted keys that changed."""
     profile = profiles_dir / f"{name}.yaml"
     if not profile.is_file():
@@ -58,7 +62,8 @@ def apply_profile(name: str, params_path: Path = PARAMS_FILE, profiles_dir: Path
     rt.preserve_quotes = True
     rt.width = 4096
     rt.representer.add_representer(
-        type(None), lambda r, _d: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+        type(None), lambda r, _d: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     doc = rt.load(params_path.read_text(encoding="utf-8"))
     changed: list[str] = []
     _merge(doc, overlay, "", changed)
@@ -75,7 +80,9 @@ def apply_profile(name: str, params_path: Path = PARAMS_FILE, profiles_dir: Path
             load_params(candidate)
         except TunelabError as err:
             key = err.where.split(": ", 1)[-1]
-            raise TunelabError(str(profile), f"would make params.yaml invalid at {key}: {err.message}") from None
+            raise TunelabError(
+                str(profile), f"would make params.yaml invalid at {key}: {err.message}"
+            ) from None
         if yaml.safe_load(text) != _expected(params_path, overlay):
             raise TunelabError(str(profile), "applying the profile changed more than its keys")
         candidate.replace(params_path)

@@ -13,8 +13,23 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers",
-             "unsloth", "unsloth_zoo", "bitsandbytes", "vllm", "lm_eval", "dvc", "dvclive", "tunelab")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "tokenizers",
+    "unsloth",
+    "unsloth_zoo",
+    "bitsandbytes",
+    "vllm",
+    "lm_eval",
+    "dvc",
+    "dvclive",
+    "tunelab",
+)
 
 
 def run(main: Callable[[], Any]) -> None:
@@ -29,10 +44,17 @@ def run(main: Callable[[], Any]) -> None:
 
 def code_revision() -> dict[str, Any]:
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=True).stdout.strip())
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": rev, "dirty": dirty}
@@ -49,15 +71,20 @@ def library_versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
     try:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+            info["gpu_memory_gib"] = round(
+                torch.cuda.get_device_properties(0).total_memory / 2**30, 1
+            )
     except ImportError:
         pass
     return info

@@ -38,7 +38,9 @@ def read_alpaca(path: Path) -> list[dict[str, Any]]:
                     raise TunelabError(f"{path} line {i}", f"invalid JSON ({err.msg})") from None
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise TunelabError(f"{path} row {i}", "expected an object with instruction/input/output")
+            raise TunelabError(
+                f"{path} row {i}", "expected an object with instruction/input/output"
+            )
         missing = [k for k in REQUIRED if k not in row]
         if missing:
             raise TunelabError(f"{path} row {i}", f"missing key {missing[0]!r}")

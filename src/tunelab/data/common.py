@@ -58,7 +58,9 @@ class DataCard:
             "val_rows": len(val),
             "encodings": self.encodings,
             "lengths_chars": {
-                "prompt": length_stats([sum(len(m["content"]) for m in r["messages"][:-1]) for r in kept]),
+                "prompt": length_stats(
+                    [sum(len(m["content"]) for m in r["messages"][:-1]) for r in kept]
+                ),
                 "answer": length_stats([len(reference_of(r)) for r in kept]),
             },
             **self.extra,

@@ -93,7 +93,9 @@ def counsel_records(path: Path, params: LegalPrepareParams, card: DataCard) -> l
             card.drop("too_long")
             continue
         card.extra["with_articles"] = card.extra.get("with_articles", 0) + bool(laws)
-        out.append(chat_record(params.system_prompt, user, response, kind="counsel", row=i, laws=laws))
+        out.append(
+            chat_record(params.system_prompt, user, response, kind="counsel", row=i, laws=laws)
+        )
     return out
 
 

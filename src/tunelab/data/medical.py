@@ -39,7 +39,9 @@ def detect_encoding(data: bytes, candidates: list[str], where: str) -> str:
     raise TunelabError(where, f"does not decode as any of {', '.join(candidates)}")
 
 
-def read_csv_rows(path: Path, candidates: list[str], columns: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
+def read_csv_rows(
+    path: Path, candidates: list[str], columns: list[str]
+) -> tuple[str, list[tuple[int, list[str]]]]:
     """Decode and parse one CSV; return (encoding, [(line number, [fields in `columns` order])])."""
     data = path.read_bytes()
     if not data.strip():
@@ -64,8 +66,10 @@ def read_csv_rows(path: Path, candidates: list[str], columns: list[str]) -> tupl
                 rows.append((line, [""] * len(columns)))
                 continue
             if len(fields) != len(header):
-                raise TunelabError(f"{path} row ending on line {line}",
-                                   f"has {len(fields)} fields, the header has {len(header)}")
+                raise TunelabError(
+                    f"{path} row ending on line {line}",
+                    f"has {len(fields)} fields, the header has {len(header)}",
+                )
             rows.append((line, [fields[i] for i in index]))
     except csv.Error as err:
         raise TunelabError(f"{path} line {reader.line_num}", f"malformed CSV ({err})") from None
@@ -94,6 +98,14 @@ def prepare_medical(params: MedicalPrepareParams) -> tuple[list[dict[str, Any]],
                 card.drop("too_long")
                 continue
             user = f"{title}\n{ask}" if params.include_title and title else ask
-            records.append(chat_record(params.system_prompt, user, answer,
-                                       file=path.name, line=line, department=department.strip()))
+            records.append(
+                chat_record(
+                    params.system_prompt,
+                    user,
+                    answer,
+                    file=path.name,
+                    line=line,
+                    department=department.strip(),
+                )
+            )
     return keep_unique(records, card), card

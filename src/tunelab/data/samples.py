@@ -26,33 +26,104 @@ from pathlib import Path
 # ------------------------------------------------------------------ fact tables
 
 CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
-    "Japan": "Tokyo", "China": "Beijing", "Egypt": "Cairo", "Kenya": "Nairobi",
-    "Canada": "Ottawa", "Mexico": "Mexico City", "Brazil": "Brasilia", "Peru": "Lima",
-    "Chile": "Santiago", "India": "New Delhi", "Russia": "Moscow", "Norway": "Oslo",
-    "Sweden": "Stockholm", "Finland": "Helsinki", "Poland": "Warsaw", "Greece": "Athens",
-    "Portugal": "Lisbon", "Ireland": "Dublin", "Austria": "Vienna", "Turkey": "Ankara",
-    "Thailand": "Bangkok", "Vietnam": "Hanoi", "Cuba": "Havana", "Ghana": "Accra",
-    "Morocco": "Rabat", "Nepal": "Kathmandu", "Iran": "Tehran", "Iraq": "Baghdad",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Japan": "Tokyo",
+    "China": "Beijing",
+    "Egypt": "Cairo",
+    "Kenya": "Nairobi",
+    "Canada": "Ottawa",
+    "Mexico": "Mexico City",
+    "Brazil": "Brasilia",
+    "Peru": "Lima",
+    "Chile": "Santiago",
+    "India": "New Delhi",
+    "Russia": "Moscow",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Poland": "Warsaw",
+    "Greece": "Athens",
+    "Portugal": "Lisbon",
+    "Ireland": "Dublin",
+    "Austria": "Vienna",
+    "Turkey": "Ankara",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "Cuba": "Havana",
+    "Ghana": "Accra",
+    "Morocco": "Rabat",
+    "Nepal": "Kathmandu",
+    "Iran": "Tehran",
+    "Iraq": "Baghdad",
 }
 
 OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "light": "dark",
-    "early": "late", "open": "closed", "full": "empty", "strong": "weak", "rich": "poor",
-    "young": "old", "hard": "soft", "high": "low", "clean": "dirty", "loud": "quiet",
-    "wet": "dry", "thick": "thin", "long": "short", "deep": "shallow", "brave": "afraid",
-    "win": "lose", "push": "pull", "buy": "sell", "give": "take", "begin": "end",
-    "up": "down", "inside": "outside", "true": "false", "always": "never", "first": "last",
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "happy": "sad",
+    "light": "dark",
+    "early": "late",
+    "open": "closed",
+    "full": "empty",
+    "strong": "weak",
+    "rich": "poor",
+    "young": "old",
+    "hard": "soft",
+    "high": "low",
+    "clean": "dirty",
+    "loud": "quiet",
+    "wet": "dry",
+    "thick": "thin",
+    "long": "short",
+    "deep": "shallow",
+    "brave": "afraid",
+    "win": "lose",
+    "push": "pull",
+    "buy": "sell",
+    "give": "take",
+    "begin": "end",
+    "up": "down",
+    "inside": "outside",
+    "true": "false",
+    "always": "never",
+    "first": "last",
 }
 
 ANIMALS = {
-    "dog": "mammal", "cat": "mammal", "horse": "mammal", "whale": "mammal", "bat": "mammal",
-    "lion": "mammal", "mouse": "mammal", "rabbit": "mammal", "eagle": "bird", "owl": "bird",
-    "penguin": "bird", "sparrow": "bird", "parrot": "bird", "duck": "bird", "shark": "fish",
-    "salmon": "fish", "tuna": "fish", "trout": "fish", "snake": "reptile", "lizard": "reptile",
-    "turtle": "reptile", "crocodile": "reptile", "ant": "insect", "bee": "insect",
-    "beetle": "insect", "butterfly": "insect", "mosquito": "insect", "frog": "amphibian",
-    "toad": "amphibian", "newt": "amphibian",
+    "dog": "mammal",
+    "cat": "mammal",
+    "horse": "mammal",
+    "whale": "mammal",
+    "bat": "mammal",
+    "lion": "mammal",
+    "mouse": "mammal",
+    "rabbit": "mammal",
+    "eagle": "bird",
+    "owl": "bird",
+    "penguin": "bird",
+    "sparrow": "bird",
+    "parrot": "bird",
+    "duck": "bird",
+    "shark": "fish",
+    "salmon": "fish",
+    "tuna": "fish",
+    "trout": "fish",
+    "snake": "reptile",
+    "lizard": "reptile",
+    "turtle": "reptile",
+    "crocodile": "reptile",
+    "ant": "insect",
+    "bee": "insect",
+    "beetle": "insect",
+    "butterfly": "insect",
+    "mosquito": "insect",
+    "frog": "amphibian",
+    "toad": "amphibian",
+    "newt": "amphibian",
 }
 
 CAPITAL_QUESTIONS = [
@@ -80,7 +151,12 @@ MEDICAL = [
     ("消化科", "便秘", "膳食纤维不足", "建议多吃蔬菜水果，多喝水，适当运动，养成定时排便的习惯。"),
     ("消化科", "反酸烧心", "胃食管反流", "建议睡前三小时不要进食，抬高床头，少喝咖啡和浓茶。"),
     ("肝病科", "转氨酶升高", "脂肪肝或病毒性肝炎", "建议复查肝功能和乙肝五项，戒酒，控制体重。"),
-    ("肝病科", "乙肝小三阳", "乙肝病毒感染", "建议定期复查病毒载量和肝脏彩超，遵医嘱决定是否抗病毒治疗。"),
+    (
+        "肝病科",
+        "乙肝小三阳",
+        "乙肝病毒感染",
+        "建议定期复查病毒载量和肝脏彩超，遵医嘱决定是否抗病毒治疗。",
+    ),
     ("肝病科", "脂肪肝", "饮食油腻和缺乏运动", "建议低脂饮食，每周运动五次，半年后复查彩超。"),
     ("心血管科", "胸闷", "心肌缺血", "建议尽快做心电图和心脏彩超，避免剧烈运动和情绪激动。"),
     ("心血管科", "心慌", "心律失常", "建议做动态心电图检查，少喝浓茶咖啡，保证睡眠。"),
@@ -115,30 +191,90 @@ def _medical_answer(cause: str, symptom: str, advice: str) -> str:
 # Statutes (short excerpts of PRC laws; statute text is not subject to copyright
 # under Art. 5 of the PRC Copyright Law) with a topic and a typical question.
 LAWS = [
-    ("《民法典》第一千零七十九条", "夫妻一方要求离婚的，可以由有关组织进行调解或者直接向人民法院提起离婚诉讼。",
-     "离婚", "我想和配偶离婚，但对方不同意，我该怎么办？", "可以先由有关组织调解，也可以直接向人民法院提起离婚诉讼"),
-    ("《民法典》第一千零六十七条", "父母不履行抚养义务的，未成年子女或者不能独立生活的成年子女，有要求父母给付抚养费的权利。",
-     "抚养费", "孩子的父亲不给抚养费，孩子能要求他支付吗？", "孩子有权要求父母给付抚养费"),
-    ("《民法典》第五百七十七条", "当事人一方不履行合同义务或者履行合同义务不符合约定的，应当承担继续履行、采取补救措施或者赔偿损失等违约责任。",
-     "违约", "对方签了合同却不交货，我能要求什么？", "对方应当承担继续履行、采取补救措施或者赔偿损失等违约责任"),
-    ("《民法典》第一千一百六十五条", "行为人因过错侵害他人民事权益造成损害的，应当承担侵权责任。",
-     "侵权", "邻居装修把我家墙弄坏了，他要负责吗？", "邻居因过错造成损害，应当承担侵权责任"),
-    ("《民法典》第一百八十八条", "向人民法院请求保护民事权利的诉讼时效期间为三年。",
-     "诉讼时效", "朋友欠我钱两年了，现在还能起诉吗？", "诉讼时效期间为三年，两年内仍可起诉"),
-    ("《劳动合同法》第八十二条", "用人单位自用工之日起超过一个月不满一年未与劳动者订立书面劳动合同的，应当向劳动者每月支付二倍的工资。",
-     "劳动合同", "公司用了我半年都没签劳动合同，我能要求什么？", "单位应当每月向您支付二倍的工资"),
-    ("《劳动合同法》第四十七条", "经济补偿按劳动者在本单位工作的年限，每满一年支付一个月工资的标准向劳动者支付。",
-     "经济补偿", "公司辞退我，我工作了三年，补偿怎么算？", "每满一年支付一个月工资，三年应支付三个月工资"),
-    ("《劳动法》第三十六条", "国家实行劳动者每日工作时间不超过八小时、平均每周工作时间不超过四十四小时的工时制度。",
-     "工作时间", "公司要求每天工作十二小时，合法吗？", "每日工作时间不应超过八小时，公司的要求不合法"),
-    ("《消费者权益保护法》第五十五条", "经营者提供商品或者服务有欺诈行为的，应当按照消费者的要求增加赔偿其受到的损失，增加赔偿的金额为消费者购买商品的价款或者接受服务的费用的三倍。",
-     "消费欺诈", "商家把假货当真货卖给我，我能要求多少赔偿？", "可以要求商家赔偿价款的三倍"),
-    ("《道路交通安全法》第七十六条", "机动车之间发生交通事故的，由有过错的一方承担赔偿责任；双方都有过错的，按照各自过错的比例分担责任。",
-     "交通事故", "两辆车相撞，双方都有错，赔偿怎么分？", "双方按照各自过错的比例分担责任"),
-    ("《民法典》第一千一百二十七条", "遗产按照下列顺序继承：第一顺序为配偶、子女、父母；第二顺序为兄弟姐妹、祖父母、外祖父母。",
-     "继承", "父亲去世没有遗嘱，遗产先由谁继承？", "配偶、子女、父母是第一顺序继承人"),
-    ("《民法典》第七百零三条", "租赁合同是出租人将租赁物交付承租人使用、收益，承租人支付租金的合同。",
-     "租赁", "房东收了租金却不让我入住，合理吗？", "出租人应当将房屋交付承租人使用，房东的做法不合理"),
+    (
+        "《民法典》第一千零七十九条",
+        "夫妻一方要求离婚的，可以由有关组织进行调解或者直接向人民法院提起离婚诉讼。",
+        "离婚",
+        "我想和配偶离婚，但对方不同意，我该怎么办？",
+        "可以先由有关组织调解，也可以直接向人民法院提起离婚诉讼",
+    ),
+    (
+        "《民法典》第一千零六十七条",
+        "父母不履行抚养义务的，未成年子女或者不能独立生活的成年子女，有要求父母给付抚养费的权利。",
+        "抚养费",
+        "孩子的父亲不给抚养费，孩子能要求他支付吗？",
+        "孩子有权要求父母给付抚养费",
+    ),
+    (
+        "《民法典》第五百七十七条",
+        "当事人一方不履行合同义务或者履行合同义务不符合约定的，应当承担继续履行、采取补救措施或者赔偿损失等违约责任。",
+        "违约",
+        "对方签了合同却不交货，我能要求什么？",
+        "对方应当承担继续履行、采取补救措施或者赔偿损失等违约责任",
+    ),
+    (
+        "《民法典》第一千一百六十五条",
+        "行为人因过错侵害他人民事权益造成损害的，应当承担侵权责任。",
+        "侵权",
+        "邻居装修把我家墙弄坏了，他要负责吗？",
+        "邻居因过错造成损害，应当承担侵权责任",
+    ),
+    (
+        "《民法典》第一百八十八条",
+        "向人民法院请求保护民事权利的诉讼时效期间为三年。",
+        "诉讼时效",
+        "朋友欠我钱两年了，现在还能起诉吗？",
+        "诉讼时效期间为三年，两年内仍可起诉",
+    ),
+    (
+        "《劳动合同法》第八十二条",
+        "用人单位自用工之日起超过一个月不满一年未与劳动者订立书面劳动合同的，应当向劳动者每月支付二倍的工资。",
+        "劳动合同",
+        "公司用了我半年都没签劳动合同，我能要求什么？",
+        "单位应当每月向您支付二倍的工资",
+    ),
+    (
+        "《劳动合同法》第四十七条",
+        "经济补偿按劳动者在本单位工作的年限，每满一年支付一个月工资的标准向劳动者支付。",
+        "经济补偿",
+        "公司辞退我，我工作了三年，补偿怎么算？",
+        "每满一年支付一个月工资，三年应支付三个月工资",
+    ),
+    (
+        "《劳动法》第三十六条",
+        "国家实行劳动者每日工作时间不超过八小时、平均每周工作时间不超过四十四小时的工时制度。",
+        "工作时间",
+        "公司要求每天工作十二小时，合法吗？",
+        "每日工作时间不应超过八小时，公司的要求不合法",
+    ),
+    (
+        "《消费者权益保护法》第五十五条",
+        "经营者提供商品或者服务有欺诈行为的，应当按照消费者的要求增加赔偿其受到的损失，增加赔偿的金额为消费者购买商品的价款或者接受服务的费用的三倍。",
+        "消费欺诈",
+        "商家把假货当真货卖给我，我能要求多少赔偿？",
+        "可以要求商家赔偿价款的三倍",
+    ),
+    (
+        "《道路交通安全法》第七十六条",
+        "机动车之间发生交通事故的，由有过错的一方承担赔偿责任；双方都有过错的，按照各自过错的比例分担责任。",
+        "交通事故",
+        "两辆车相撞，双方都有错，赔偿怎么分？",
+        "双方按照各自过错的比例分担责任",
+    ),
+    (
+        "《民法典》第一千一百二十七条",
+        "遗产按照下列顺序继承：第一顺序为配偶、子女、父母；第二顺序为兄弟姐妹、祖父母、外祖父母。",
+        "继承",
+        "父亲去世没有遗嘱，遗产先由谁继承？",
+        "配偶、子女、父母是第一顺序继承人",
+    ),
+    (
+        "《民法典》第七百零三条",
+        "租赁合同是出租人将租赁物交付承租人使用、收益，承租人支付租金的合同。",
+        "租赁",
+        "房东收了租金却不让我入住，合理吗？",
+        "出租人应当将房屋交付承租人使用，房东的做法不合理",
+    ),
 ]
 COUNSEL_PREFIXES = ["", "您好，", "请问律师，", "律师您好，"]
 EXAM_OPTIONS = "ABCD"
@@ -152,22 +288,39 @@ def alpaca_records(rng: random.Random) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     for country, city in CAPITALS.items():
         for q in CAPITAL_QUESTIONS:
-            rows.append({"instruction": q.format(x=country), "input": "",
-                         "output": f"The capital of {country} is {city}."})
+            rows.append(
+                {
+                    "instruction": q.format(x=country),
+                    "input": "",
+                    "output": f"The capital of {country} is {city}.",
+                }
+            )
     for word, opp in OPPOSITES.items():
         for q, inp in OPPOSITE_QUESTIONS:
-            rows.append({"instruction": q.format(x=word), "input": inp.format(x=word),
-                         "output": f'The opposite of "{word}" is "{opp}".'})
+            rows.append(
+                {
+                    "instruction": q.format(x=word),
+                    "input": inp.format(x=word),
+                    "output": f'The opposite of "{word}" is "{opp}".',
+                }
+            )
     for animal, cls in ANIMALS.items():
         for q, inp in ANIMAL_QUESTIONS:
             article = "An" if cls[0] in "aeiou" else "A"
-            rows.append({"instruction": q.format(x=animal), "input": inp.format(x=animal),
-                         "output": f"The {animal} is {article.lower()} {cls}."})
+            rows.append(
+                {
+                    "instruction": q.format(x=animal),
+                    "input": inp.format(x=animal),
+                    "output": f"The {animal} is {article.lower()} {cls}.",
+                }
+            )
     rng.shuffle(rows)
     # What a loader must drop: an empty output, an exact duplicate, an over-long row.
     rows.insert(7, {"instruction": "Say nothing.", "input": "", "output": ""})
     rows.insert(11, dict(rows[3]))
-    rows.insert(19, {"instruction": "Repeat this.", "input": "word " * 1200, "output": "word " * 1200})
+    rows.insert(
+        19, {"instruction": "Repeat this.", "input": "word " * 1200, "output": "word " * 1200}
+    )
     return rows
 
 
@@ -177,9 +330,14 @@ def medical_rows(rng: random.Random) -> list[list[str]]:
     for dept, symptom, cause, advice in MEDICAL:
         for template in ASK_TEMPLATES:
             for duration in rng.sample(DURATIONS, 2):
-                rows.append([dept, rng.choice(TITLE_TEMPLATES).format(s=symptom),
-                             template.format(d=duration, s=symptom),
-                             _medical_answer(cause, symptom, advice)])
+                rows.append(
+                    [
+                        dept,
+                        rng.choice(TITLE_TEMPLATES).format(s=symptom),
+                        template.format(d=duration, s=symptom),
+                        _medical_answer(cause, symptom, advice),
+                    ]
+                )
     rng.shuffle(rows)
     return rows
 
@@ -188,20 +346,38 @@ def medical_files(rng: random.Random) -> dict[str, tuple[str, bytes]]:
     """Four CSVs, one per encoding, sharing the rows between them."""
     rows = medical_rows(rng)
     quarter = len(rows) // 4
-    chunks = [rows[i * quarter:(i + 1) * quarter] for i in range(3)] + [rows[3 * quarter:]]
+    chunks = [rows[i * quarter : (i + 1) * quarter] for i in range(3)] + [rows[3 * quarter :]]
     # Noise: an embedded newline in a quoted field, an empty row, a duplicate,
     # an over-long pair, and a character outside GBK in the gb18030 file.
-    chunks[0].insert(2, ["消化科", "胃胀", "医生您好，\n我吃完饭就胃胀，\n请问怎么办？",
-                         _medical_answer("消化不良", "胃胀", "建议少食多餐，饭后适当散步。")])
+    chunks[0].insert(
+        2,
+        [
+            "消化科",
+            "胃胀",
+            "医生您好，\n我吃完饭就胃胀，\n请问怎么办？",
+            _medical_answer("消化不良", "胃胀", "建议少食多餐，饭后适当散步。"),
+        ],
+    )
     chunks[1].insert(3, ["", "", "", ""])
     chunks[1].insert(5, list(chunks[1][0]))
-    chunks[2].insert(4, ["心血管科", "心慌很久", "我" + "心慌，" * 80 + "怎么办？", "建议就医。" * 20])
-    chunks[3].insert(1, ["普通内科", "头晕", "您好，我叫𠮷田，最近总是头晕，需要注意什么？",
-                         _medical_answer("低血糖", "头晕", "建议按时吃饭，随身带糖果。")])
+    chunks[2].insert(
+        4, ["心血管科", "心慌很久", "我" + "心慌，" * 80 + "怎么办？", "建议就医。" * 20]
+    )
+    chunks[3].insert(
+        1,
+        [
+            "普通内科",
+            "头晕",
+            "您好，我叫𠮷田，最近总是头晕，需要注意什么？",
+            _medical_answer("低血糖", "头晕", "建议按时吃饭，随身带糖果。"),
+        ],
+    )
     files = {}
     for name, encoding, chunk in zip(
         ["utf8.csv", "utf8_bom.csv", "gbk.csv", "gb18030.csv"],
-        ["utf-8", "utf-8-sig", "gbk", "gb18030"], chunks, strict=True,
+        ["utf-8", "utf-8-sig", "gbk", "gb18030"],
+        chunks,
+        strict=True,
     ):
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -218,24 +394,32 @@ def legal_records(rng: random.Random) -> tuple[list, list]:
     for i, (article, text, topic, question, conclusion) in enumerate(LAWS):
         for prefix in COUNSEL_PREFIXES:
             for ending in ["", "谢谢。"]:
-                counsel.append({
-                    "query": f"{prefix}{question}{ending}",
-                    "laws": [f"{article}：{text}"],
-                    "response": f"根据{article}的规定，{text}因此，{conclusion}。",
-                })
+                counsel.append(
+                    {
+                        "query": f"{prefix}{question}{ending}",
+                        "laws": [f"{article}：{text}"],
+                        "response": f"根据{article}的规定，{text}因此，{conclusion}。",
+                    }
+                )
         wrong = LAWS[(i + 1) % len(LAWS)]
         options = [text, wrong[1]]
         rng.shuffle(options)
         letter = EXAM_OPTIONS[options.index(text)]
         for j, option in enumerate(options):
             correct = option == text
-            exam.append([{
-                "input": "",
-                "instruction": f"关于{topic}，以下说法是否正确？选项{EXAM_OPTIONS[j]}：{option}请给出详细的推理过程之后再给出答案。",
-                "output": (f"{article}规定：{text}所以选项{EXAM_OPTIONS[j]}正确。"
-                           if correct else
-                           f"该选项与{topic}无关，{article}规定：{text}所以选项{EXAM_OPTIONS[j]}错误，正确的是选项{letter}。"),
-            }])
+            exam.append(
+                [
+                    {
+                        "input": "",
+                        "instruction": f"关于{topic}，以下说法是否正确？选项{EXAM_OPTIONS[j]}：{option}请给出详细的推理过程之后再给出答案。",
+                        "output": (
+                            f"{article}规定：{text}所以选项{EXAM_OPTIONS[j]}正确。"
+                            if correct
+                            else f"该选项与{topic}无关，{article}规定：{text}所以选项{EXAM_OPTIONS[j]}错误，正确的是选项{letter}。"
+                        ),
+                    }
+                ]
+            )
     rng.shuffle(counsel)
     rng.shuffle(exam)
     counsel.insert(3, {"query": "", "laws": [], "response": ""})
@@ -246,22 +430,36 @@ def corpus_lines(rng: random.Random) -> list[str]:
     """Plain sentences stating every fact, for the tiny model's pretraining."""
     lines: list[str] = []
     for country, city in CAPITALS.items():
-        lines += [f"The capital of {country} is {city}.", f"{city} is the capital of {country}.",
-                  f"People in {country} call {city} their capital city."]
+        lines += [
+            f"The capital of {country} is {city}.",
+            f"{city} is the capital of {country}.",
+            f"People in {country} call {city} their capital city.",
+        ]
     for word, opp in OPPOSITES.items():
-        lines += [f'The opposite of "{word}" is "{opp}".', f'"{opp}" is the opposite of "{word}".',
-                  f"Something {word} is not {opp}."]
+        lines += [
+            f'The opposite of "{word}" is "{opp}".',
+            f'"{opp}" is the opposite of "{word}".',
+            f"Something {word} is not {opp}.",
+        ]
     for animal, cls in ANIMALS.items():
         article = "an" if cls[0] in "aeiou" else "a"
         lines += [f"The {animal} is {article} {cls}.", f"A {animal} is a kind of {cls}."]
     for dept, symptom, cause, advice in MEDICAL:
-        lines += [f"{symptom}可能与{cause}有关。{advice}", f"{symptom}属于{dept}的常见问题。",
-                  _medical_answer(cause, symptom, advice)]
+        lines += [
+            f"{symptom}可能与{cause}有关。{advice}",
+            f"{symptom}属于{dept}的常见问题。",
+            _medical_answer(cause, symptom, advice),
+        ]
     for article, text, topic, _question, conclusion in LAWS:
-        lines += [f"{article}：{text}", f"关于{topic}，{article}规定：{text}",
-                  f"在{topic}问题上，{conclusion}。"]
-    lines += [f"{a} plus {b} equals {a + b}." for a, b in
-              ((rng.randint(1, 50), rng.randint(1, 50)) for _ in range(120))]
+        lines += [
+            f"{article}：{text}",
+            f"关于{topic}，{article}规定：{text}",
+            f"在{topic}问题上，{conclusion}。",
+        ]
+    lines += [
+        f"{a} plus {b} equals {a + b}."
+        for a, b in ((rng.randint(1, 50), rng.randint(1, 50)) for _ in range(120))
+    ]
     rng.shuffle(lines)
     return lines
 

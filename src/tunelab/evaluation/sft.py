@@ -30,16 +30,22 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def text_scores(predictions: list[str], references: list[str], bleu_tokenize: str,
-                exact_match: bool) -> dict[str, float]:
+def text_scores(
+    predictions: list[str], references: list[str], bleu_tokenize: str, exact_match: bool
+) -> dict[str, float]:
     import sacrebleu
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=MixedTokenizer())
-    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
+    rouge = [
+        scorer.score(ref, pred)["rougeL"].fmeasure
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
     out = {
         "rougeL": round(100 * sum(rouge) / len(rouge), 2),
-        "bleu": round(sacrebleu.corpus_bleu(predictions, [references], tokenize=bleu_tokenize).score, 2),
+        "bleu": round(
+            sacrebleu.corpus_bleu(predictions, [references], tokenize=bleu_tokenize).score, 2
+        ),
         "chrf": round(sacrebleu.corpus_chrf(predictions, [references]).score, 2),
     }
     if exact_match:
@@ -48,16 +54,22 @@ def text_scores(predictions: list[str], references: list[str], bleu_tokenize: st
     return out
 
 
-def heldout_loss(model: Any, tokenizer: Any, conversations: list[list[dict]], batch_size: int) -> dict[str, float]:
+def heldout_loss(
+    model: Any, tokenizer: Any, conversations: list[list[dict]], batch_size: int
+) -> dict[str, float]:
     """Token-weighted mean NLL over assistant tokens, and its perplexity."""
     import torch
 
     total_nll, total_tokens = 0.0, 0
     device = next(model.parameters()).device
     for start in range(0, len(conversations), batch_size):
-        batch = conversations[start:start + batch_size]
-        enc = [tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True,
-                                             return_assistant_tokens_mask=True) for conv in batch]
+        batch = conversations[start : start + batch_size]
+        enc = [
+            tokenizer.apply_chat_template(
+                conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+            for conv in batch
+        ]
         width = max(len(e["input_ids"]) for e in enc)
         pad = tokenizer.pad_token_id
         ids = torch.full((len(enc), width), pad, dtype=torch.long)
@@ -73,35 +85,44 @@ def heldout_loss(model: Any, tokenizer: Any, conversations: list[list[dict]], ba
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
         shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
         shift_labels = labels[:, 1:].reshape(-1).to(device)
-        nll = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100,
-                                                reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            shift_logits, shift_labels, ignore_index=-100, reduction="sum"
+        )
         total_nll += nll.item()
         total_tokens += int((shift_labels != -100).sum())
     loss = total_nll / max(1, total_tokens)
     return {"val_loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50.0)), 3)}
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], decoding: DecodingParams,
-             batch_size: int) -> list[str]:
+def generate(
+    model: Any, tokenizer: Any, prompts: list[list[dict]], decoding: DecodingParams, batch_size: int
+) -> list[str]:
     """Batched generation with left padding; returns the decoded completions."""
     import torch
 
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    kwargs: dict[str, Any] = {"max_new_tokens": decoding.max_new_tokens, "do_sample": decoding.do_sample,
-                              "repetition_penalty": decoding.repetition_penalty,
-                              "pad_token_id": tokenizer.pad_token_id}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": decoding.max_new_tokens,
+        "do_sample": decoding.do_sample,
+        "repetition_penalty": decoding.repetition_penalty,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     if decoding.do_sample:
         kwargs |= {"temperature": decoding.temperature, "top_p": decoding.top_p}
     else:
         kwargs |= {"temperature": None, "top_p": None, "top_k": None}
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 for p in prompts[start:start + batch_size]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        texts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            for p in prompts[start : start + batch_size]
+        ]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            device
+        )
         with torch.no_grad():
             out = model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+        new = out[:, enc["input_ids"].shape[1] :]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs

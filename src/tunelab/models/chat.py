@@ -35,8 +35,11 @@ def ensure_generation_template(tokenizer: Any, where: str) -> bool:
     if "{% generation %}" in template.replace("{%-", "{%").replace(" -%}", " %}"):
         return False
     if template and IM_START not in template:
-        raise TunelabError(where, "assistant_only_loss needs a ChatML chat template with "
-                                  "{% generation %} markers; this tokenizer's template is not ChatML "
-                                  "(set assistant_only_loss: false)")
+        raise TunelabError(
+            where,
+            "assistant_only_loss needs a ChatML chat template with "
+            "{% generation %} markers; this tokenizer's template is not ChatML "
+            "(set assistant_only_loss: false)",
+        )
     tokenizer.chat_template = CHATML_TEMPLATE
     return True

@@ -25,8 +25,10 @@ def resolve_base(base_dir: Path) -> tuple[str, str | None]:
         data = json.loads(ref.read_text(encoding="utf-8"))
         return data["name_or_path"], data.get("revision")
     if not (base_dir / "config.json").is_file():
-        raise TunelabError(str(base_dir), "no base model here (no config.json or base.json): "
-                                          "run `dvc repro base@text` first")
+        raise TunelabError(
+            str(base_dir),
+            "no base model here (no config.json or base.json): run `dvc repro base@text` first",
+        )
     return str(base_dir), None
 
 
@@ -36,7 +38,9 @@ def check_safetensors(model_dir: Path) -> None:
     if not model_dir.is_dir():
         return  # a hub id: from_pretrained(use_safetensors=True) enforces it
     if not list(model_dir.glob("*.safetensors")):
-        pickles = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
+        pickles = [p.name for p in model_dir.glob("*.bin")] + [
+            p.name for p in model_dir.glob("*.pt")
+        ]
         what = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights"
         raise TunelabError(str(model_dir), f"{what}: tunelab loads safetensors only")
 
@@ -51,36 +55,54 @@ def load_tokenizer(name_or_path: str, revision: str | None, trust_remote_code: b
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
-                                            trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
     except OSError as err:
-        raise TunelabError(name_or_path, f"cannot load the tokenizer ({str(err).splitlines()[0]})") from None
+        raise TunelabError(
+            name_or_path, f"cannot load the tokenizer ({str(err).splitlines()[0]})"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_causal_lm(name_or_path: str, revision: str | None, dtype: str, load_in_4bit: bool,
-                   trust_remote_code: bool, device_map: Any = None) -> Any:
+def load_causal_lm(
+    name_or_path: str,
+    revision: str | None,
+    dtype: str,
+    load_in_4bit: bool,
+    trust_remote_code: bool,
+    device_map: Any = None,
+) -> Any:
     """AutoModelForCausalLM from a hub id or local path; 4-bit NF4 through bitsandbytes."""
     from transformers import AutoModelForCausalLM
 
     check_safetensors(Path(name_or_path))
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "revision": revision,
-                              "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(dtype),
+        "revision": revision,
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,
+    }
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype(dtype))
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(dtype),
+        )
         kwargs["device_map"] = device_map or _default_device()
     elif device_map is not None:
         kwargs["device_map"] = device_map
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
-        raise TunelabError(name_or_path, f"cannot load the model ({str(err).splitlines()[0]})") from None
+        raise TunelabError(
+            name_or_path, f"cannot load the model ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def _default_device() -> str:
@@ -96,8 +118,10 @@ def load_adapter(model: Any, adapter_dir: Path, is_trainable: bool = False) -> A
     adapter_dir = Path(adapter_dir)
     weights = adapter_dir / "adapter_model.safetensors"
     if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
-        raise TunelabError(str(adapter_dir), "not a LoRA adapter (adapter_config.json and "
-                                             "adapter_model.safetensors expected)")
+        raise TunelabError(
+            str(adapter_dir),
+            "not a LoRA adapter (adapter_config.json and adapter_model.safetensors expected)",
+        )
     try:
         from safetensors import safe_open
 

@@ -32,30 +32,45 @@ def select_backend(requested: str, where: str) -> str:
     return backend
 
 
-def load_hf(name_or_path: str, revision: str | None, model: ModelLoadParams, lora: LoraParams,
-            seed: int) -> tuple[Any, Any]:
+def load_hf(
+    name_or_path: str, revision: str | None, model: ModelLoadParams, lora: LoraParams, seed: int
+) -> tuple[Any, Any]:
     """transformers + PEFT: (Q)LoRA on AutoModelForCausalLM."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from tunelab.models.loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(name_or_path, revision, model.trust_remote_code)
-    base = load_causal_lm(name_or_path, revision, model.dtype, model.load_in_4bit,
-                          model.trust_remote_code)
+    base = load_causal_lm(
+        name_or_path, revision, model.dtype, model.load_in_4bit, model.trust_remote_code
+    )
     if model.load_in_4bit:
         base = prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=model.gradient_checkpointing)
+            base, use_gradient_checkpointing=model.gradient_checkpointing
+        )
     elif model.gradient_checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), use_dora=lora.use_dora,
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        use_dora=lora.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(base, config), tokenizer
 
 
-def load_unsloth(name_or_path: str, revision: str | None, model: ModelLoadParams,
-                 lora: LoraParams, seed: int, max_length: int) -> tuple[Any, Any]:
+def load_unsloth(
+    name_or_path: str,
+    revision: str | None,
+    model: ModelLoadParams,
+    lora: LoraParams,
+    seed: int,
+    max_length: int,
+) -> tuple[Any, Any]:
     """Unsloth FastLanguageModel + its get_peft_model (same LoRA settings)."""
     from unsloth import FastLanguageModel
 
@@ -63,13 +78,22 @@ def load_unsloth(name_or_path: str, revision: str | None, model: ModelLoadParams
 
     check_safetensors(Path(name_or_path))
     base, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=name_or_path, revision=revision, max_seq_length=max_length,
-        dtype=torch_dtype(model.dtype), load_in_4bit=model.load_in_4bit,
-        trust_remote_code=model.trust_remote_code, use_safetensors=True,
+        model_name=name_or_path,
+        revision=revision,
+        max_seq_length=max_length,
+        dtype=torch_dtype(model.dtype),
+        load_in_4bit=model.load_in_4bit,
+        trust_remote_code=model.trust_remote_code,
+        use_safetensors=True,
     )
     peft_model = FastLanguageModel.get_peft_model(
-        base, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), use_dora=lora.use_dora, bias="none",
+        base,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        use_dora=lora.use_dora,
+        bias="none",
         use_gradient_checkpointing="unsloth" if model.gradient_checkpointing else False,
         random_state=seed,
     )

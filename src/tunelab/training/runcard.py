@@ -9,8 +9,14 @@ from tunelab import stage
 from tunelab.io import sha256_path
 
 
-def run_card(scenario: str, section: str, params: Any, inputs: dict[str, Path | str],
-             wall_seconds: float, **extra: Any) -> dict[str, Any]:
+def run_card(
+    scenario: str,
+    section: str,
+    params: Any,
+    inputs: dict[str, Path | str],
+    wall_seconds: float,
+    **extra: Any,
+) -> dict[str, Any]:
     """Params used, input hashes, code revision, libraries, hardware, wall time."""
     hashes = {}
     for name, path in inputs.items():

@@ -38,7 +38,9 @@ def checkpoint_dir(stage_name: str, scenario: str, fp: str) -> tuple[Path, bool]
     marker.write_text(fp + "\n")
     resumable = any(ckpt.glob("checkpoint-*"))
     if resumable:
-        print(f"resuming from {max(ckpt.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1]))}")
+        print(
+            f"resuming from {max(ckpt.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1]))}"
+        )
     return ckpt, resumable
 
 
@@ -87,8 +89,15 @@ def sft_config(params: SFTTrainParams, output_dir: Path, **overrides: Any) -> An
     return SFTConfig(**kwargs)
 
 
-def train_sft(scenario: str, params: SFTTrainParams, backend: str, base_dir: Path,
-              data_dir: Path, out_dir: Path, live_dir: Path) -> dict[str, Any]:
+def train_sft(
+    scenario: str,
+    params: SFTTrainParams,
+    backend: str,
+    base_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    live_dir: Path,
+) -> dict[str, Any]:
     """Train one scenario's adapter; write it, its tokenizer and run card to out_dir."""
     from dvclive import Live
     from transformers import set_seed
@@ -109,31 +118,53 @@ def train_sft(scenario: str, params: SFTTrainParams, backend: str, base_dir: Pat
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
         if backend == "unsloth":
-            model, tokenizer = load_unsloth(name_or_path, revision, params.model, params.lora,
-                                            params.seed, params.data.max_length)
+            model, tokenizer = load_unsloth(
+                name_or_path,
+                revision,
+                params.model,
+                params.lora,
+                params.seed,
+                params.data.max_length,
+            )
         else:
-            model, tokenizer = load_hf(name_or_path, revision, params.model, params.lora, params.seed)
+            model, tokenizer = load_hf(
+                name_or_path, revision, params.model, params.lora, params.seed
+            )
         template_replaced = False
         if params.data.assistant_only_loss:
-            template_replaced = ensure_generation_template(tokenizer, f"{name_or_path} chat template")
+            template_replaced = ensure_generation_template(
+                tokenizer, f"{name_or_path} chat template"
+            )
         train_ds = dataset_from(inputs["train"])
         live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resumable)
         trainer = SFTTrainer(
-            model=model, args=sft_config(params, ckpt), train_dataset=train_ds,
-            processing_class=tokenizer, callbacks=[DVCLiveCallback(live=live)],
+            model=model,
+            args=sft_config(params, ckpt),
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            callbacks=[DVCLiveCallback(live=live)],
         )
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
         live.end()
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     card = run_card(
-        scenario, f"train.{scenario}", params, inputs | {"val": data_dir / "val.jsonl"},
-        timer.seconds, backend=backend, base_model={"name_or_path": name_or_path, "revision": revision},
-        chat_template_replaced=template_replaced, resumed=resumable,
-        train={"global_step": trainer.state.global_step, "train_loss": round(result.training_loss, 4),
-               "first_logged_loss": history[0]["loss"] if history else None,
-               "last_logged_loss": history[-1]["loss"] if history else None,
-               "train_rows": len(train_ds)},
+        scenario,
+        f"train.{scenario}",
+        params,
+        inputs | {"val": data_dir / "val.jsonl"},
+        timer.seconds,
+        backend=backend,
+        base_model={"name_or_path": name_or_path, "revision": revision},
+        chat_template_replaced=template_replaced,
+        resumed=resumable,
+        train={
+            "global_step": trainer.state.global_step,
+            "train_loss": round(result.training_loss, 4),
+            "first_logged_loss": history[0]["loss"] if history else None,
+            "last_logged_loss": history[-1]["loss"] if history else None,
+            "train_rows": len(train_ds),
+        },
     )
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
