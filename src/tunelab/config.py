@@ -213,6 +213,25 @@ class SFTEvaluateParams(Section):
     num_examples: NonNegInt
 
 
+# ------------------------------------------------------------------ report, export
+
+
+class ReportContentParams(Section):
+    """report.content: what the report shows (it discovers scenarios from the files present)."""
+
+    examples: NonNegInt
+    text_max_chars: PosInt
+    figure_dpi: PosInt
+    curves: Annotated[dict[str, Annotated[list[str], Field(min_length=1)]], Field(min_length=1)]
+
+
+class ExportMergeParams(Section):
+    """export.merge: merge an adapter into its base and save a plain Hugging Face model."""
+
+    dtype: Literal["bfloat16", "float16", "float32"]
+    max_shard_size: str
+
+
 SECTIONS: dict[str, type[Section]] = {
     "base.text": TextBaseParams,
     "prepare.alpaca": AlpacaPrepareParams,
@@ -224,6 +243,8 @@ SECTIONS: dict[str, type[Section]] = {
     "evaluate.alpaca": SFTEvaluateParams,
     "evaluate.medical": SFTEvaluateParams,
     "evaluate.legal": SFTEvaluateParams,
+    "report.content": ReportContentParams,
+    "export.merge": ExportMergeParams,
 }
 
 
