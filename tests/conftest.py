@@ -79,3 +79,44 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project-shaped folder with one real, briefly trained scenario (alpaca).
+
+    The real prepare and SFT code: data/prepared/alpaca (with data_card.json),
+    adapters/alpaca (LoRA, tokenizer, run_card.json) trained 4 steps on tiny_base,
+    reports/train/alpaca (dvclive curves). models/base/text is a copy of tiny_base.
+    """
+    import shutil
+
+    from tunelab.data.alpaca import prepare_alpaca
+    from tunelab.data.common import split_records, write_prepared
+    from tunelab.training.sft import train_sft
+
+    root = tmp_path_factory.mktemp("run")
+    shutil.copytree(tiny_base, root / "models/base/text")
+    params = section("prepare.alpaca", source=str(ROOT / "data/raw/alpaca/sample.json"))
+    records, card = prepare_alpaca(params)
+    train, val = split_records(records, params.split)
+    write_prepared(root / "data/prepared/alpaca", train, val[:8], card)
+    cwd = os.getcwd()
+    os.chdir(root)  # checkpoints go to ./.tunelab of this folder
+    try:
+        train_params = section(
+            "train.alpaca", optim__max_steps=4, logging_steps=1, save_steps=100, backend="hf"
+        )
+        train_sft(
+            "alpaca",
+            train_params,
+            "hf",
+            base_dir=Path("models/base/text"),
+            data_dir=Path("data/prepared/alpaca"),
+            out_dir=Path("adapters/alpaca"),
+            live_dir=Path("reports/train/alpaca"),
+        )
+    finally:
+        os.chdir(cwd)
+    shutil.rmtree(root / ".tunelab", ignore_errors=True)
+    return root
