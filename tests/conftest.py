@@ -120,3 +120,45 @@ def tiny_run(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.chdir(cwd)
     shutil.rmtree(root / ".tunelab", ignore_errors=True)
     return root
+
+
+GIT = ["git", "-c", "user.name=tunelab-test", "-c", "user.email=test@example.com"]
+
+
+def sh(
+    cmd: list[str], cwd: Path, timeout: int = 1800, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run a command with DVC analytics off; on failure show the end of its output."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert res.returncode == 0, (
+            f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+        )
+    return res
+
+
+def make_clone(dest: Path) -> Path:
+    """Copy the working tree (tracked and untracked-not-ignored files, no results) into a new git+DVC repo."""
+    import shutil
+
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("reports/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    sh(["git", "init", "-q"], dest)
+    sh(["git", "add", "-A"], dest)
+    sh([*GIT, "commit", "-qm", "clone"], dest)
+    sh(["dvc", "config", "--local", "core.site_cache_dir", str(dest.parent / "site-cache")], dest)
+    return dest

@@ -7,53 +7,21 @@ its outputs, a no-op rerun, and a rerun after an evaluation-only change.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import make_clone, sh
 
 pytestmark = pytest.mark.slow
 TEXT_SCENARIOS = ("alpaca", "medical", "legal")
-GIT = ["git", "-c", "user.name=tunelab-test", "-c", "user.email=test@example.com"]
-
-
-def sh(cmd: list[str], cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, (
-        f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
-    )
-    return res
 
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The working tree's files (tracked and untracked-not-ignored), without DVC outputs, as a new repo."""
-    dest = tmp_path_factory.mktemp("clone") / "tunelab"
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("reports/", "dvc.lock")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    sh(["git", "init", "-q"], dest)
-    sh(["git", "add", "-A"], dest)
-    sh([*GIT, "commit", "-qm", "clone"], dest)
-    sh(["dvc", "config", "--local", "core.site_cache_dir", str(dest.parent / "site-cache")], dest)
+    """A fresh copy of the working tree after one `dvc repro` from scratch."""
+    dest = make_clone(tmp_path_factory.mktemp("clone") / "tunelab")
     start = time.perf_counter()
     res = sh(["dvc", "repro"], dest)
     print(f"\ndvc repro (smoke profile, from scratch): {time.perf_counter() - start:.0f} s")
@@ -94,6 +62,22 @@ def test_second_repro_is_a_no_op(clone: Path) -> None:
     print(f"\nsecond dvc repro: {time.perf_counter() - start:.1f} s")
     assert "Running stage" not in res.stdout
     assert "up to date" in res.stdout
+
+
+def test_a_second_run_from_scratch_gives_identical_metrics(clone: Path) -> None:
+    """Determinism: `dvc repro -f` reruns every stage; every metrics file is byte-identical."""
+    metrics = sorted((clone / "reports/metrics").rglob("*.json")) + sorted(
+        (clone / "reports/train").glob("*/metrics.json")
+    )
+    assert len(metrics) >= 6
+    before = {p: p.read_bytes() for p in metrics}
+    start = time.perf_counter()
+    sh(["dvc", "repro", "-f"], clone)
+    print(f"\ndvc repro -f: {time.perf_counter() - start:.0f} s")
+    changed = [str(p.relative_to(clone)) for p in metrics if p.read_bytes() != before[p]]
+    assert changed == []
+    cards = [json.loads(p.read_text()) for p in (clone / "adapters").glob("*/run_card.json")]
+    assert cards and all(isinstance(c["seed"], int) for c in cards)
 
 
 def test_evaluation_param_change_reruns_only_evaluation(clone: Path) -> None:

@@ -77,6 +77,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     from tunelab.errors import TunelabError
 
     rows = []
+    if not Path(path).is_file():
+        raise TunelabError(str(path), "file not found")
     with Path(path).open(encoding="utf-8") as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():

@@ -97,18 +97,22 @@ def train_sft(
     data_dir: Path,
     out_dir: Path,
     live_dir: Path,
+    extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one scenario's adapter; write it, its tokenizer and run card to out_dir."""
-    from dvclive import Live
+    """Train one scenario's adapter; write it, its tokenizer and run card to out_dir.
+
+    ``extra_callbacks`` are added to the Trainer's (bench/ passes a profiler this way).
+    """
     from transformers import set_seed
-    from transformers.integrations import DVCLiveCallback
     from trl import SFTTrainer
 
     from tunelab import stage
     from tunelab.models.chat import ensure_generation_template
     from tunelab.models.loading import resolve_base
     from tunelab.training.backends import load_hf, load_unsloth
+    from tunelab.training.live import live_callback
     from tunelab.training.runcard import run_card
+    from tunelab.training.throughput import ThroughputMeter
 
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
     fp = fingerprint(params, inputs)
@@ -136,14 +140,16 @@ def train_sft(
                 tokenizer, f"{name_or_path} chat template"
             )
         train_ds = dataset_from(inputs["train"])
-        live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resumable)
+        live, callback = live_callback(live_dir, resumable)
         trainer = SFTTrainer(
             model=model,
-            args=sft_config(params, ckpt),
+            # Liger's kernels on the transformers + PEFT path; Unsloth brings its own.
+            args=sft_config(params, ckpt, use_liger_kernel=params.liger_kernel and backend == "hf"),
             train_dataset=train_ds,
             processing_class=tokenizer,
-            callbacks=[DVCLiveCallback(live=live)],
+            callbacks=[callback, *(extra_callbacks or [])],
         )
+        meter = ThroughputMeter().attach(trainer)
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
         live.end()
 
@@ -165,6 +171,7 @@ def train_sft(
             "last_logged_loss": history[-1]["loss"] if history else None,
             "train_rows": len(train_ds),
         },
+        throughput=meter.summary(),
     )
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)

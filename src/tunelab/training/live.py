@@ -1,0 +1,30 @@
+"""Step curves through dvclive, minus the values that differ on every run.
+
+transformers' DVCLiveCallback logs everything the Trainer logs, wall-clock
+figures included (runtime, samples per second, FLOs); those would make two
+identical runs' metrics files differ and `dvc metrics diff` noisy, so they
+are dropped here. Curves go to <dir>/plots/metrics/*.tsv (declared as DVC
+plots), summaries to <dir>/metrics.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+VOLATILE = ("runtime", "per_second", "flos")
+
+
+def live_callback(live_dir: Path, resume: bool) -> tuple[Any, Any]:
+    """A (Live, callback) pair writing to ``live_dir`` without touching dvc.yaml."""
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    class StableDVCLiveCallback(DVCLiveCallback):
+        def on_log(self, args: Any, state: Any, control: Any, model: Any = None,
+                   logs: dict | None = None, **kwargs: Any) -> None:
+            logs = {k: v for k, v in (logs or {}).items() if not any(s in k for s in VOLATILE)}
+            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume)
+    return live, StableDVCLiveCallback(live=live)

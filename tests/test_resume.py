@@ -1,0 +1,72 @@
+"""Resume after a crash: SIGKILL a train stage mid-run, `dvc repro` again, same adapter.
+
+The scratch pipeline is the real one with a smaller smoke setting (fewer
+pretraining and training steps, a checkpoint every 10 steps). The resumed
+adapter must be bitwise identical to an uninterrupted run on the CPU: the
+Trainer restores model, optimizer, scheduler and RNG state and skips the
+batches it already consumed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import make_clone, sh
+
+pytestmark = pytest.mark.slow
+CKPT = Path(".tunelab/checkpoints/train/alpaca")
+
+
+def shrink(root: Path) -> None:
+    p = root / "params.yaml"
+    data = yaml.safe_load(p.read_text())
+    data["base"]["text"]["pretrain"]["steps"] = 60
+    data["train"]["alpaca"]["optim"]["max_steps"] = 60
+    data["train"]["alpaca"]["save_steps"] = 10
+    p.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+
+
+def test_sigkill_then_repro_resumes_to_the_same_adapter(tmp_path: Path) -> None:
+    root = make_clone(tmp_path / "repo")
+    shrink(root)
+    sh(["dvc", "repro", "train@alpaca"], root)
+    reference = (root / "adapters/alpaca/adapter_model.safetensors").read_bytes()
+    ref_metrics = (root / "reports/train/alpaca/metrics.json").read_bytes()
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.Popen(
+        ["dvc", "repro", "-f", "-s", "train@alpaca"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    target = root / CKPT / "checkpoint-30" / "trainer_state.json"
+    while not target.exists():
+        assert proc.poll() is None, "the stage finished before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (root / "adapters/alpaca/adapter_model.safetensors").exists()
+
+    res = sh(["dvc", "repro", "train@alpaca"], root)
+    assert "resuming from" in res.stdout + res.stderr
+    assert "checkpoint-" in res.stdout + res.stderr
+    assert (root / "adapters/alpaca/adapter_model.safetensors").read_bytes() == reference
+    import json
+
+    card = json.loads((root / "adapters/alpaca/run_card.json").read_text())
+    assert card["resumed"] is True and card["train"]["global_step"] == 60
+    final = json.loads((root / "reports/train/alpaca/metrics.json").read_text())
+    assert final.get("step") == json.loads(ref_metrics).get("step")
+    assert not (root / CKPT).exists()  # removed once the adapter is written
