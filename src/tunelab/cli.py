@@ -2,6 +2,8 @@
 
 tunelab profile gpu|smoke     write a profile's values into params.yaml
 tunelab params                validate every section of params.yaml
+tunelab compare REV_A REV_B    params and metric deltas of two revisions (markdown)
+tunelab export SCENARIO        merge adapters/SCENARIO into its base: a plain HF model
 """
 
 from __future__ import annotations
@@ -30,6 +32,34 @@ def cmd_params(args: argparse.Namespace) -> None:
     print(f"{args.params}: {len(sections)} sections valid")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from tunelab.compare import compare
+
+    text = compare(args.rev_a, args.rev_b, Path("."), all_metrics=args.all)
+    if args.out:
+        from tunelab.io import atomic_file
+
+        with atomic_file(Path(args.out)) as fh:
+            fh.write(text)
+        print(f"compare: written to {args.out}")
+    else:
+        print(text)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from tunelab.config import load_section
+    from tunelab.export import export_adapter
+
+    params = load_section("export.merge", Path(args.params))
+    adapter = Path(args.adapter) if args.adapter else Path("adapters") / args.scenario
+    out = Path(args.out) if args.out else Path("exports") / args.scenario
+    card = export_adapter(adapter, out, params)
+    print(
+        f"export {args.scenario}: {card['parameters']:,} parameters ({card['dtype']}) "
+        f"written to {out}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="tunelab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,6 +72,18 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("params", help="validate params.yaml")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_params)
+    p = sub.add_parser("compare", help="params and metric deltas of two git revisions")
+    p.add_argument("rev_a", metavar="REV_A")
+    p.add_argument("rev_b", metavar="REV_B")
+    p.add_argument("--all", action="store_true", help="list unchanged metrics too")
+    p.add_argument("--out", help="write the markdown to this file instead of stdout")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("export", help="merge a scenario's adapter into its base model")
+    p.add_argument("scenario")
+    p.add_argument("--adapter", help="adapter folder (default adapters/SCENARIO)")
+    p.add_argument("--out", help="output folder (default exports/SCENARIO)")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
     try:
         args.func(args)
