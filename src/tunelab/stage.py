@@ -36,6 +36,9 @@ def run(main: Callable[[], Any]) -> None:
     """Run a stage body; a TunelabError becomes one line on stderr and exit 1."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        from tunelab.gpus import claim_gpu
+
+        claim_gpu()  # one GPU per queued experiment when TUNELAB_GPUS is set
         main()
     except TunelabError as err:
         print(f"error: {err}", file=sys.stderr)
