@@ -325,8 +325,8 @@ def module_spectrum(
         "amplification": float(dw_norm / projected) if projected > 0 else math.inf,
         "dw_energy_top": {str(k): float(e_dw[k - 1]) for k in top_k},
         "w_energy_top": {str(k): float(e_w[k - 1]) for k in top_k},
-        "s_w": s_w.tolist(),
-        "s_dw": s_dw.tolist(),
+        "s_w": [float(f"{x:.6g}") for x in s_w.tolist()],
+        "s_dw": [float(f"{x:.6g}") for x in s_dw.tolist()],
     }
 
 
