@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,13 +17,17 @@ from .browser import find_chromium, open_page
 from .conftest import ROOT, run_module, section
 
 
-def _grpo_like_curves(live_dir: Path) -> None:
-    """dvclive series named as TRL's GRPOTrainer logs them (loss, reward, each component, kl)."""
+def _grpo_like_curves(live_dir: Path, only_loss: bool = False) -> None:
+    """dvclive series named as TRL's GRPOTrainer logs them (loss, reward, each component, kl);
+    with only_loss, an SFT warm-up run in a folder of its own."""
     from dvclive import Live
 
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False)
-    for step in range(6):
+    for step in range(3 if only_loss else 6):
         live.log_metric("loss", 0.5 - 0.05 * step)
+        if only_loss:
+            live.next_step()
+            continue
         live.log_metric("reward", 0.4 * step)
         live.log_metric("rewards/correctness_reward/mean", 0.3 * step)
         live.log_metric("rewards/xml_count_reward/mean", 0.1 * step)
@@ -41,7 +46,13 @@ def project(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The real evaluate stage: base versus tuned on the 8 held-out prompts.
     done = run_module(["stages.evaluate", "alpaca"], root, env={"PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
-    _grpo_like_curves(root / "reports/train/gsm8k")
+    cwd = os.getcwd()
+    os.chdir(root)  # dvclive looks for a DVC repo from the cwd: never the project's own
+    try:
+        _grpo_like_curves(Path("reports/train/gsm8k"))
+        _grpo_like_curves(Path("reports/train/gsm8k/warmup"), only_loss=True)
+    finally:
+        os.chdir(cwd)
     gsm8k = root / "reports/metrics/evaluate/gsm8k.json"
     gsm8k.write_text(
         json.dumps(
@@ -61,8 +72,18 @@ def project(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ax.semilogy([10.0, 4.0, 1.0, 0.2])
     fig.savefig(root / "reports/svd/singular_values.png")
     plt.close(fig)
-    (root / "reports/metrics/lowrank").mkdir(parents=True)
-    (root / "reports/metrics/lowrank/svd.json").write_text('{"rank": 4, "rel_error": 0.031}')
+    (root / "reports/metrics/svd").mkdir(parents=True)
+    (root / "reports/metrics/svd/image.json").write_text(
+        json.dumps(
+            {
+                "rank": 4,
+                "ranks": {
+                    "10": {"rel_error": 0.05, "psnr_db": 30.0},
+                    "2": {"rel_error": 0.2, "psnr_db": 18.5},
+                },
+            }
+        )
+    )
     return root
 
 
@@ -79,10 +100,12 @@ def test_discovers_every_scenario(project: Path) -> None:
     assert set(found) == {"alpaca", "gsm8k", "svd"}
     alpaca = found["alpaca"]
     assert alpaca.data_card and alpaca.run_card and alpaca.generations
-    assert "evaluate" in alpaca.metrics and "loss" in alpaca.series
-    assert "rewards/correctness_reward/mean" in found["gsm8k"].series
+    assert "evaluate" in alpaca.metrics and "loss" in alpaca.runs[""]
+    assert "rewards/correctness_reward/mean" in found["gsm8k"].runs[""]
     assert found["svd"].images == [Path("svd/singular_values.png")]
-    assert found["svd"].metrics["lowrank"]["rank"] == 4
+    # reports/metrics/svd/image.json: "image" names no scenario, so it belongs to svd
+    assert found["svd"].metrics["image"]["rank"] == 4
+    assert set(found["alpaca"].runs) == {""} and set(found["gsm8k"].runs) == {"", "warmup"}
 
 
 def test_report_markdown_and_html(project: Path) -> None:
@@ -96,12 +119,16 @@ def test_report_markdown_and_html(project: Path) -> None:
     assert "| prompt | reference | base | tuned |" in md
     assert re.search(r"\| train\.global_step \| 4 \|", md)
     assert "| strict | 0 | 0.25 | +0.25 |" in md  # the GRPO scenario's base/tuned table
+    # a mapping of like mappings becomes a matrix, rows in numeric order
+    assert "| ranks | rel_error | psnr_db |" in md
+    assert md.index("| 2 | 0.2 | 18.5 |") < md.index("| 10 | 0.05 | 30 |")
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     expected = {
         "figures/alpaca-loss.png",
         "figures/gsm8k-loss.png",
         "figures/gsm8k-reward.png",
         "figures/gsm8k-kl.png",
+        "figures/gsm8k_warmup-loss.png",
         "figures/overview-loss.png",
         "svd/singular_values.png",
     }
@@ -134,7 +161,7 @@ def test_report_renders_in_headless_chromium(project: Path, tmp_path: Path) -> N
     assert result.title == "tunelab report"
     assert result.failed_requests == [] and result.errors == []
     assert all(url.startswith(("file:", "data:")) for url in result.requests), result.requests
-    assert len(result.images) == 6
+    assert len(result.images) == 7
     for img in result.images:
         assert img["complete"] and img["width"] > 0 and img["height"] > 0, img
     image = Image.open(shot).convert("RGB")
