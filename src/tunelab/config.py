@@ -177,6 +177,7 @@ class SFTTrainParams(Section):
 
     seed: int
     backend: Literal["auto", "unsloth", "hf"]
+    liger_kernel: bool  # Liger's fused kernels on the hf backend (Unsloth has its own)
     model: ModelLoadParams
     lora: LoraParams
     data: SFTDataParams

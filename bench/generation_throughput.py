@@ -1,0 +1,371 @@
+"""Generation throughput for GRPO rollouts and batched evaluation, one GPU, one command.
+
+    python bench/generation_throughput.py --out bench/results/generation_<tag>.json
+
+Uses the Qwen2.5-7B-shaped random-weight model that bench/sft_throughput.py builds
+(built here too when absent). Each path runs in its own process:
+
+* ``hf_bf16`` - plain transformers ``generate`` (dynamic KV cache), bf16;
+* ``unsloth_4bit`` / ``unsloth_bf16`` - Unsloth's FastLanguageModel in inference mode
+  (its fast path when vLLM is not installed: vLLM is not on the benchmark machine).
+
+For each path:
+
+* GRPO rollout: ``--grpo-prompts`` prompts x num_generations=6 samples
+  (temperature 1.0), 256 new tokens each -> generated tokens per second;
+* GRPO step: TRL's GRPOTrainer (LoRA r=16, num_generations=6, 4 prompts per step,
+  256-token completions, a length reward) for a few steps -> seconds per step
+  (generation + scoring + the policy update), timed like the SFT bench;
+* evaluation: greedy batched generation (batch ``--eval-batch``, 256 new tokens) over
+  the first ``--eval-prompts`` of 1,319 GSM8K-sized prompts -> tokens per second and
+  the time the full 1,319 would take at that rate (an extrapolation, said so in the JSON).
+
+Completions are forced to full length (min_new_tokens = max_new_tokens), so a random
+model's early end-of-sequence cannot flatter a path. Prompts are the project's own
+sample questions through the chat template. ``--tiny`` runs the code paths on a small
+model (CPU works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sft_throughput import QWEN25_7B, ROOT, TINY, build_model, log  # noqa: E402
+
+NUM_GENERATIONS = 6
+NEW_TOKENS = 256
+GSM8K_TEST = 1319
+PATHS = ("hf_bf16", "unsloth_4bit", "unsloth_bf16")
+
+
+def prompts_from_sample(n: int) -> list[list[dict[str, str]]]:
+    from tunelab.config import load_section
+    from tunelab.data.alpaca import prepare_alpaca
+
+    params = load_section("prepare.alpaca", ROOT / "params.yaml")
+    params = params.model_copy(update={"source": str(ROOT / params.source)})
+    records, _ = prepare_alpaca(params)
+    msgs = [[m for m in r["messages"] if m["role"] != "assistant"] for r in records]
+    return [msgs[i % len(msgs)] for i in range(n)]
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def generate_rate(
+    model: Any, tok: Any, prompts: list, batch: int, new: int, sample: bool, n_return: int
+) -> dict[str, Any]:
+    import torch
+
+    tok.padding_side = "left"
+    device = next(model.parameters()).device
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": new,
+        "min_new_tokens": new,
+        "do_sample": sample,
+        "num_return_sequences": n_return,
+        "pad_token_id": tok.pad_token_id,
+    }
+    kwargs |= {"temperature": 1.0, "top_p": 1.0} if sample else {"temperature": None, "top_p": None}
+    generated, seconds, batches = 0, 0.0, 0
+    for start in range(0, len(prompts), batch):
+        texts = [
+            tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            for p in prompts[start : start + batch]
+        ]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        _sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**enc, **kwargs)
+        _sync()
+        seconds += time.perf_counter() - t0
+        generated += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+        batches += 1
+    return {
+        "prompts": len(prompts),
+        "sequences": len(prompts) * n_return,
+        "batches": batches,
+        "new_tokens_per_sequence": new,
+        "generated_tokens": generated,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(generated / seconds, 1),
+    }
+
+
+def load(path: str, model_dir: Path, cuda: bool) -> tuple[Any, Any]:
+    import torch
+
+    if path.startswith("unsloth"):
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=str(model_dir),
+            max_seq_length=2048,
+            dtype=torch.bfloat16 if cuda else torch.float32,
+            load_in_4bit=path.endswith("4bit") and cuda,
+            use_safetensors=True,
+        )
+        FastLanguageModel.for_inference(model)
+        return model, tok
+    from tunelab.models.loading import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(str(model_dir), None, False)
+    model = load_causal_lm(
+        str(model_dir),
+        None,
+        "bfloat16" if cuda else "float32",
+        False,
+        False,
+        device_map="cuda" if cuda else None,
+    )
+    model.eval()
+    return model, tok
+
+
+def grpo_steps(path: str, model_dir: Path, prompts: list, steps: int, cuda: bool) -> dict[str, Any]:
+    """A few TRL GRPOTrainer steps on a freshly loaded LoRA model of this path."""
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tunelab.training.throughput import ThroughputMeter
+
+    if path.startswith("unsloth"):
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=str(model_dir),
+            max_seq_length=2048,
+            dtype=torch.bfloat16 if cuda else torch.float32,
+            load_in_4bit=path.endswith("4bit") and cuda,
+            use_safetensors=True,
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=16,
+            lora_alpha=16,
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+            use_gradient_checkpointing="unsloth",
+            random_state=0,
+        )
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        model, tok = load(path, model_dir, cuda)
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=16,
+                lora_alpha=16,
+                target_modules=[
+                    "q_proj",
+                    "k_proj",
+                    "v_proj",
+                    "o_proj",
+                    "gate_proj",
+                    "up_proj",
+                    "down_proj",
+                ],
+                task_type="CAUSAL_LM",
+            ),
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    ds = Dataset.from_list([{"prompt": p} for p in prompts])
+
+    def length_reward(completions: list, **kw: Any) -> list[float]:
+        return [len(c[0]["content"]) / 1000 for c in completions]
+
+    config = GRPOConfig(
+        output_dir=str(model_dir.parent / f"grpo-{path}"),
+        num_generations=NUM_GENERATIONS,
+        per_device_train_batch_size=12,
+        gradient_accumulation_steps=2,  # generation batch 24 = 4 prompts x 6
+        max_completion_length=NEW_TOKENS,
+        temperature=1.0,
+        max_steps=steps,
+        learning_rate=1e-6,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=cuda,
+        use_cpu=not cuda,
+        gradient_checkpointing=not path.startswith("unsloth"),
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[length_reward],
+        args=config,
+        train_dataset=ds,
+        processing_class=tok,
+    )
+    meter = ThroughputMeter().attach(trainer)
+    trainer.train()
+    s = meter.summary()
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    return {
+        "steps": s["steps"],
+        "prompts_per_step": 4,
+        "num_generations": NUM_GENERATIONS,
+        "completion_tokens_per_step": 4 * NUM_GENERATIONS * NEW_TOKENS,
+        "seconds_per_step": s.get("seconds_per_step"),
+        "mean_seconds_per_step_timed": round(s["seconds_timed"] / s["steps_timed"], 2)
+        if s.get("steps_timed")
+        else None,
+        "peak_allocated_gib": s.get("peak_allocated_gib"),
+        "mean_completion_length": logs[-1].get("completions/mean_length") if logs else None,
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    path = args.worker
+    result: dict[str, Any] = {"path": path}
+    t0 = time.perf_counter()
+    try:
+        model, tok = load(path, args.model_dir, cuda)
+        prompts = prompts_from_sample(GSM8K_TEST)
+        # warm-up: one short batch (kernels, allocator, Unsloth's first-call patches)
+        generate_rate(model, tok, prompts[:8], 8, 16, True, 1)
+        result["grpo_rollout"] = generate_rate(
+            model,
+            tok,
+            prompts[: args.grpo_prompts],
+            args.grpo_prompts,
+            args.new_tokens,
+            True,
+            NUM_GENERATIONS,
+        )
+        ev = generate_rate(
+            model, tok, prompts[: args.eval_prompts], args.eval_batch, args.new_tokens, False, 1
+        )
+        ev["extrapolated_seconds_for_1319_prompts"] = round(
+            GSM8K_TEST * args.new_tokens / ev["tokens_per_second"], 1
+        )
+        ev["note"] = f"measured on the first {args.eval_prompts} prompts; 1,319 extrapolated"
+        result["eval"] = ev
+        if cuda:
+            result["peak_allocated_gib_generation"] = round(
+                torch.cuda.max_memory_allocated() / 2**30, 2
+            )
+        del model
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        if args.grpo_steps:
+            result["grpo_step"] = grpo_steps(
+                path, args.model_dir, prompts[:64], args.grpo_steps, cuda
+            )
+        result["status"] = "ok"
+    except Exception as err:  # noqa: BLE001 - report and let the other paths run
+        result |= {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {str(err)[:2000]}",
+            "traceback": traceback.format_exc()[-4000:],
+        }
+        log(f"{path} FAILED: {type(err).__name__}: {str(err)[:300]}")
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    (args.work / f"gen-{path}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--paths", default=",".join(PATHS))
+    p.add_argument("--grpo-prompts", type=int, default=8, help="prompts per rollout batch (x6)")
+    p.add_argument("--grpo-steps", type=int, default=4, help="GRPOTrainer steps (0: skip)")
+    p.add_argument("--eval-prompts", type=int, default=256)
+    p.add_argument("--eval-batch", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--tokenizer", type=Path, default=ROOT / "models" / "base" / "text")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per path process")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if args.work is None:
+        shm = Path("/dev/shm")
+        args.work = (shm if shm.is_dir() else ROOT / ".tunelab") / "bench-sft"
+    args.work.mkdir(parents=True, exist_ok=True)
+    model_dir = args.work / "model"
+    if not (model_dir / "config.json").is_file():
+        build_model(
+            model_dir, TINY if args.tiny else QWEN25_7B, args.tokenizer, "cuda" if cuda else "cpu"
+        )
+    command = "python bench/generation_throughput.py " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:]
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    results = []
+    for path in [x for x in args.paths.split(",") if x]:
+        f = args.work / f"gen-{path}.json"
+        f.unlink(missing_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", path]
+        cmd += ["--model-dir", str(model_dir), "--work", str(args.work)]
+        for k in ("grpo_prompts", "grpo_steps", "eval_prompts", "eval_batch", "new_tokens"):
+            cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        log(f"path {path}")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(cmd, env=env, cwd=ROOT, timeout=args.timeout)
+        results.append(
+            json.loads(f.read_text()) if f.is_file() else {"path": path, "status": "no result"}
+        )
+        report = {
+            "command": command,
+            "model": "tiny" if args.tiny else "Qwen2.5-7B shape, random weights",
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "num_generations": NUM_GENERATIONS,
+            "results": results,
+        }
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"\n{'path':14} {'status':7} {'GRPO gen tok/s':>15} {'GRPO s/step':>12} {'eval tok/s':>11} {'1319 s':>8}"
+    )
+    for r in results:
+        g, e, s = r.get("grpo_rollout", {}), r.get("eval", {}), r.get("grpo_step", {})
+        print(
+            f"{r['path']:14} {r.get('status', '?'):7} {g.get('tokens_per_second', '-'):>15} "
+            f"{s.get('mean_seconds_per_step_timed', '-'):>12} {e.get('tokens_per_second', '-'):>11} "
+            f"{e.get('extrapolated_seconds_for_1319_prompts', '-'):>8}"
+        )
+
+
+if __name__ == "__main__":
+    main()
