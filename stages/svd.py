@@ -82,7 +82,8 @@ def svd() -> None:
     print(
         f"svd {params.image} {h}x{w}x{c}: rank {best['rank']} -> ratio "
         f"{best['compression_ratio']:.2f}, rel error {best['rel_error']:.4f}, PSNR "
-        f"{best['psnr_db']:.1f} dB; Eckart–Young gap <= {image_metrics['eckart_young_max_gap']:.1e}"
+        f"{best['psnr_db']:.1f} dB; Eckart–Young gap "
+        f"<= {image_metrics['eckart_young_max_gap']:.1e}"
     )
     for name, s in summaries.items():
         k = str(max(lp.top_k))

@@ -4,7 +4,8 @@ Model: r̂_ui = μ + b_u + c_i + p_u·q_i (with ``biases``), or r̂_ui = p_u·q_
 without them, which is exactly Spark ML's ALS model. Objective over the observed
 training ratings:
 
-    Σ (r_ui - r̂_ui)² + λ Σ_u n_uʷ ‖p_u‖² + λ Σ_i n_iʷ ‖q_i‖² + λ_b (Σ_u n_uʷ b_u² + Σ_i n_iʷ c_i²)
+    Σ (r_ui - r̂_ui)² + λ Σ_u n_uʷ ‖p_u‖² + λ Σ_i n_iʷ ‖q_i‖²
+                     + λ_b (Σ_u n_uʷ b_u² + Σ_i n_iʷ c_i²)
 
 with w = 1 when ``weighted_reg`` (ALS-WR, Zhou et al. 2008, Spark's scaling)
 and w = 0 otherwise; μ is the training mean and stays fixed. With the items
@@ -13,13 +14,14 @@ fixed, each user's [p_u, b_u] is the solution of a (k+1) x (k+1) ridge system
 users are one batched ``np.linalg.solve``, and the normal matrices are built for
 all users at once as one sparse-dense product (the user x item indicator matrix
 times the items' flattened outer products z zᵀ, scipy), so there is no Python
-loop over ratings or users. Items are solved the same way. Each half-step minimises the objective
-exactly, so it never increases.
+loop over ratings or users. Items are solved the same way. Each half-step
+minimises the objective exactly, so it never increases.
 
-Simplified: the (k+1)² outer products of the fixed side are held in memory (fine
-for MovieLens sizes; a huge catalogue at high rank would need chunks); μ is not learnt;
-users or items without training ratings keep zero factors and biases (they are
-predicted μ + the other side's bias); no implicit feedback, no confidence weights.
+Simplified: the (k+1)² outer products of the fixed side are held in memory
+(fine for MovieLens sizes; a huge catalogue at high rank would need chunks); μ
+is not learnt; users or items without training ratings keep zero factors and
+biases (they are predicted μ + the other side's bias); no implicit feedback, no
+confidence weights.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ COLUMNS = ("userId", "movieId", "rating")
 
 
 def load_ratings(path: Path) -> Ratings:
-    """MovieLens ratings: a CSV with userId,movieId,rating columns, or a GroupLens zip holding one."""
+    """MovieLens ratings: a userId,movieId,rating CSV, or a GroupLens zip holding one."""
     import pandas as pd
 
     path = Path(path)

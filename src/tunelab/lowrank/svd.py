@@ -89,7 +89,7 @@ def compression_ratio(height: int, width: int, rank: int) -> float:
 
 
 def eckart_young_error(s: np.ndarray, k: int) -> float:
-    """Frobenius error of the best rank-k approximation: sqrt of the discarded Σs² (all channels)."""
+    """Frobenius error of the best rank-k approximation: sqrt(discarded Σs², all channels)."""
     return float(np.sqrt(np.sum(s[:, k:] ** 2)))
 
 
