@@ -14,6 +14,7 @@ PREPARERS = {
     "alpaca": "tunelab.data.alpaca:prepare_alpaca",
     "medical": "tunelab.data.medical:prepare_medical",
     "legal": "tunelab.data.legal:prepare_legal",
+    "car_insurance": "tunelab.data.car_insurance:prepare_car_insurance",  # + images/
 }
 
 

@@ -358,17 +358,187 @@ class LaunchParams(Section):
         return self
 
 
+# ------------------------------------------------------ car_insurance (vision-language)
+
+
+class PixelBoundsParams(Section):
+    """Image size bounds in pixels (width x height), as Qwen2-VL's min_pixels / max_pixels."""
+
+    min_pixels: PosInt
+    max_pixels: PosInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PixelBoundsParams:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels")
+        return self
+
+
+class VisionTowerParams(Section):
+    depth: PosInt
+    hidden_size: PosInt
+    intermediate_size: PosInt
+    num_heads: PosInt
+    patch_size: PosInt
+    spatial_merge_size: PosInt
+    temporal_patch_size: PosInt
+    window_size: PosInt
+    fullatt_block_indexes: list[NonNegInt]
+
+    @model_validator(mode="after")
+    def _shape(self) -> VisionTowerParams:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if any(i >= self.depth for i in self.fullatt_block_indexes):
+            raise ValueError("fullatt_block_indexes must be below depth")
+        return self
+
+
+class VLPretrainParams(Section):
+    """Image-to-text pretraining on generated number cards (batches of generated images)."""
+
+    steps: NonNegInt
+    batch_size: PosInt
+    learning_rate: PosFloat
+    warmup_steps: NonNegInt
+    weight_decay: NonNegFloat
+    max_grad_norm: PosFloat
+
+
+class VisionBaseParams(Section):
+    """base.vision: build a tiny Qwen2.5-VL (smoke) or point at a pretrained one (gpu)."""
+
+    source: Literal["build", "pretrained"]
+    pretrained: str | None
+    revision: str | None
+    corpus: str
+    seed: int
+    tokenizer: TokenizerParams
+    architecture: ArchitectureParams
+    mrope_section: Annotated[list[PosInt], Field(min_length=3, max_length=3)]  # (t, h, w)
+    vision_tower: VisionTowerParams
+    image: PixelBoundsParams
+    pretrain: PretrainParams
+    vl_align: VLPretrainParams  # vision tower alone: digit cells -> digit tokens
+    vl_pretrain: VLPretrainParams  # whole model: image -> digits text
+
+    @model_validator(mode="after")
+    def _pretrained_named(self) -> VisionBaseParams:
+        if self.source == "pretrained" and not self.pretrained:
+            raise ValueError("source is 'pretrained' but 'pretrained' names no model")
+        half = self.architecture.hidden_size // self.architecture.num_attention_heads // 2
+        if sum(self.mrope_section) != half:
+            raise ValueError(f"mrope_section must sum to head_dim / 2 = {half}")
+        return self
+
+
+class XlsxColumnsParams(Section):
+    """Header names of the spreadsheet columns (the image column may be empty when a
+    picture is embedded in the sheet and anchored to the row)."""
+
+    image: str
+    prompt: str
+    answer: str
+
+
+class ImageCheckParams(PixelBoundsParams):
+    """Resize bounds for prepared images, plus the decompression-bomb guard."""
+
+    max_source_pixels: PosInt  # larger source images are rejected before decoding
+    max_file_bytes: PosInt
+
+
+class CarInsurancePrepareParams(Section):
+    """prepare.car_insurance: an .xlsx of image + prompt + expected answer rows."""
+
+    source: str
+    sheet: str | None  # None: the first sheet
+    columns: XlsxColumnsParams
+    default_prompt: str  # used where a row's prompt cell is empty
+    system_prompt: str  # empty: no system message
+    strict: bool  # true: the first bad row stops the stage (one line naming it)
+    image: ImageCheckParams
+    split: SplitParams
+
+
+class VLLoraParams(Section):
+    """LoRA on a vision-language model; the layer switches are Unsloth FastVisionModel's."""
+
+    r: PosInt
+    alpha: PosInt
+    dropout: Fraction
+    use_dora: bool
+    finetune_vision_layers: bool
+    finetune_language_layers: bool
+    finetune_attention_modules: bool
+    finetune_mlp_modules: bool
+
+    @model_validator(mode="after")
+    def _something(self) -> VLLoraParams:
+        if not (self.finetune_vision_layers or self.finetune_language_layers):
+            raise ValueError("finetune_vision_layers or finetune_language_layers must be true")
+        if not (self.finetune_attention_modules or self.finetune_mlp_modules):
+            raise ValueError("finetune_attention_modules or finetune_mlp_modules must be true")
+        return self
+
+
+class VLDataParams(Section):
+    max_length: PosInt
+
+
+class VLTrainParams(Section):
+    """train.car_insurance: LoRA SFT of a vision-language model through TRL."""
+
+    seed: int
+    backend: Literal["auto", "unsloth", "hf"]
+    model: ModelLoadParams
+    lora: VLLoraParams
+    image: PixelBoundsParams  # the processor's bounds, saved with the adapter
+    data: VLDataParams
+    optim: OptimParams
+    logging_steps: PosInt
+    save_steps: PosInt
+
+
+class VLEvaluateParams(Section):
+    """evaluate.car_insurance: base versus tuned reading of held-out images."""
+
+    seed: int
+    model: EvalModelParams
+    max_samples: PosInt
+    batch_size: PosInt
+    decoding: DecodingParams
+    answer_pattern: str  # the expected answer format; group 1 is the reading
+    num_examples: NonNegInt
+
+    @model_validator(mode="after")
+    def _pattern(self) -> VLEvaluateParams:
+        import re
+
+        try:
+            groups = re.compile(self.answer_pattern).groups
+        except re.error as err:
+            raise ValueError(f"answer_pattern: invalid regular expression ({err})") from None
+        if groups != 1:
+            raise ValueError("answer_pattern must have exactly one group (the reading)")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "base.text": TextBaseParams,
+    "base.vision": VisionBaseParams,
     "prepare.alpaca": AlpacaPrepareParams,
     "prepare.medical": MedicalPrepareParams,
     "prepare.legal": LegalPrepareParams,
+    "prepare.car_insurance": CarInsurancePrepareParams,
     "train.alpaca": SFTTrainParams,
     "train.medical": SFTTrainParams,
     "train.legal": SFTTrainParams,
+    "train.car_insurance": VLTrainParams,
     "evaluate.alpaca": SFTEvaluateParams,
     "evaluate.medical": SFTEvaluateParams,
     "evaluate.legal": SFTEvaluateParams,
+    "evaluate.car_insurance": VLEvaluateParams,
     "report.content": ReportContentParams,
     "export.merge": ExportMergeParams,
     "lowrank.svd": SvdParams,

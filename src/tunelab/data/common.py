@@ -42,6 +42,7 @@ class DataCard:
     dropped: Counter = field(default_factory=Counter)
     encodings: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # written beside the records (images)
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] += 1
@@ -59,12 +60,19 @@ class DataCard:
             "encodings": self.encodings,
             "lengths_chars": {
                 "prompt": length_stats(
-                    [sum(len(m["content"]) for m in r["messages"][:-1]) for r in kept]
+                    [sum(len(text_of(m["content"])) for m in r["messages"][:-1]) for r in kept]
                 ),
-                "answer": length_stats([len(reference_of(r)) for r in kept]),
+                "answer": length_stats([len(text_of(reference_of(r))) for r in kept]),
             },
             **self.extra,
         }
+
+
+def text_of(content: str | list[dict[str, Any]]) -> str:
+    """The text of a message content: a string, or the text parts of a multimodal list."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
 def length_stats(values: list[int]) -> dict[str, float]:
@@ -114,4 +122,7 @@ def write_prepared(out: Path, train: list[dict], val: list[dict], card: DataCard
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "val.jsonl", val)
         dump_json(tmp / "data_card.json", summary)
+        for rel, data in card.files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
     return summary
