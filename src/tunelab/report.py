@@ -41,7 +41,7 @@ from typing import Any
 
 from tunelab.config import ReportContentParams
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, atomic_file
+from tunelab.io import atomic_dir, atomic_file, read_jsonl
 
 TITLE = "tunelab report"
 # Directories under reports/ whose layout the report reads explicitly; PNGs in any
@@ -79,7 +79,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_tsv(path: Path) -> tuple[list[float], list[float]]:
+def _read_tsv(path: Path) -> Series:
     """A dvclive series: a ``step`` column and the value in the last column."""
     steps, values = [], []
     with path.open(encoding="utf-8", newline="") as fh:
@@ -117,8 +117,6 @@ def discover(root: Path) -> dict[str, Scenario]:
         for tsv in sorted(plots.rglob("*.tsv")):
             series[tsv.relative_to(plots).with_suffix("").as_posix()] = _read_tsv(tsv)
     for gen in sorted(reports.glob("generations/*.jsonl")):
-        from tunelab.io import read_jsonl
-
         rows = read_jsonl(gen)
         scenario = get(gen.stem)
         scenario.generations, scenario.generations_total = rows, len(rows)
@@ -287,9 +285,7 @@ def run_card_markdown(card: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------ figures
 
 
-def _curve_groups(
-    series: dict[str, tuple[list[float], list[float]]], curves: dict[str, list[str]]
-) -> dict[str, list[str]]:
+def _curve_groups(series: dict[str, Series], curves: dict[str, list[str]]) -> dict[str, list[str]]:
     """Figure title -> the series keys its globs match (each series in one figure)."""
     groups: dict[str, list[str]] = {}
     taken: set[str] = set()
@@ -309,7 +305,7 @@ def _png(fig: Any, dpi: int) -> bytes:
     return buf.getvalue()
 
 
-def curve_figure(title: str, series: dict[str, tuple[list[float], list[float]]], dpi: int) -> bytes:
+def curve_figure(title: str, series: dict[str, Series], dpi: int) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
