@@ -17,6 +17,14 @@ from tunelab.launch import accelerate_config, effective_batch
 from .conftest import ROOT, params_dict, run_module
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch(**updates: object) -> LaunchParams:
     data = params_dict()["launch"]["train"] | updates
     return LaunchParams.model_validate(data)
@@ -83,6 +91,7 @@ def test_two_cpu_processes_match_one_at_the_same_global_batch(
         shutil.copytree(ROOT / "data/raw", root / "data/raw")
         params = params_dict()
         params["launch"]["train"]["num_processes"] = world
+        params["launch"]["train"]["main_process_port"] = free_port()
         opt = params["train"]["alpaca"]["optim"]
         opt.update(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2)
         params["train"]["alpaca"].update(logging_steps=1, save_steps=100)

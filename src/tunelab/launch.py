@@ -4,7 +4,8 @@ With ``launch.train.num_processes > 1`` a train stage does not train in its
 own process: it writes an accelerate config generated from params to
 .tunelab/accelerate/<stage>-<scenario>.yaml and re-runs itself under
 ``accelerate launch`` (one process per GPU; on a CPU-only machine, gloo
-processes, which is how the launch logic is tested here). Inside the launched
+processes started by torchrun, since accelerate runs CPU processes only through
+mpirun; that is how the launch logic is tested here). Inside the launched
 processes ``WORLD_SIZE`` is set and the stage trains normally; the Trainer
 (through accelerate) wraps the model in DDP or FSDP.
 
@@ -38,7 +39,16 @@ def is_main_process() -> bool:
 
 
 def inside_launch() -> bool:
-    return "WORLD_SIZE" in os.environ
+    """True in a launched worker; a launcher that started no distributed worker is an error."""
+    if "WORLD_SIZE" in os.environ:
+        return True
+    if os.environ.get("TUNELAB_LAUNCHED"):
+        raise TunelabError(
+            "launch.train",
+            "the launcher started a process without WORLD_SIZE (not a distributed worker); "
+            "refusing to launch again",
+        )
+    return False
 
 
 def effective_batch(
@@ -93,32 +103,43 @@ def accelerate_config(launch: Any, use_cpu: bool) -> dict[str, Any]:
 
 
 def relaunch(stage: str, scenario: str, launch: Any) -> int:
-    """Write the accelerate config and run this stage under `accelerate launch`; return its exit code."""
+    """Run this stage in launch.num_processes processes; return the launcher's exit code.
+
+    GPUs: `accelerate launch` with the generated config. CPU: torchrun (gloo),
+    since accelerate runs several CPU processes only through mpirun. The
+    children carry TUNELAB_LAUNCHED so that a launcher which fails to start
+    distributed workers is an error instead of a launch loop.
+    """
     import torch
 
+    per_machine = launch.num_processes // launch.num_machines
     use_cpu = not torch.cuda.is_available()
-    if not use_cpu and torch.cuda.device_count() < launch.num_processes // launch.num_machines:
+    if not use_cpu and torch.cuda.device_count() < per_machine:
         raise TunelabError(
             "launch.train.num_processes",
-            f"{launch.num_processes // launch.num_machines} processes per machine "
-            f"but {torch.cuda.device_count()} GPUs are visible",
+            f"{per_machine} processes per machine but {torch.cuda.device_count()} GPUs are visible",
         )
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     config = CONFIG_DIR / f"{stage}-{scenario}.yaml"
     config.write_text(yaml.safe_dump(accelerate_config(launch, use_cpu), sort_keys=True))
-    argv = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(config),
-        "-m",
-        f"stages.{stage}",
-        scenario,
-    ]
+    if use_cpu:
+        argv = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={per_machine}",
+            f"--nnodes={launch.num_machines}",
+            f"--node_rank={launch.machine_rank}",
+            f"--master_addr={launch.main_process_ip or '127.0.0.1'}",
+            f"--master_port={launch.main_process_port}",
+        ]
+    else:
+        argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    argv += ["-m", f"stages.{stage}", scenario]
     print(
         f"launching {launch.num_processes} processes ({'cpu' if use_cpu else launch.strategy}): "
         + " ".join(argv[1:]),
         flush=True,
     )
-    return subprocess.run(argv, check=False).returncode
+    env = {**os.environ, "TUNELAB_LAUNCHED": "1"}
+    return subprocess.run(argv, check=False, env=env).returncode
