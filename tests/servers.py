@@ -81,28 +81,36 @@ def rclone_s3(workdir: Path) -> Iterator[S3Server]:
     data = workdir / "data"
     (data / "tunelab").mkdir(parents=True)  # the bucket is a folder of the served root
     key, secret = "tl" + secrets.token_hex(8), secrets.token_hex(20)
-    port = free_port()
-    log = workdir / "rclone.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                rclone,
-                "serve",
-                "s3",
-                "--auth-key",
-                f"{key},{secret}",
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--config",
-                str(workdir / "rclone.conf"),  # empty: no user config is read
-                str(data),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    proc = None
+    for attempt in range(2):  # seen once on a saturated 2-core machine: no output in 60 s
+        port = free_port()
+        log = workdir / f"rclone-{attempt}.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [
+                    rclone,
+                    "serve",
+                    "s3",
+                    "--auth-key",
+                    f"{key},{secret}",
+                    "--addr",
+                    f"127.0.0.1:{port}",
+                    "--config",
+                    str(workdir / "rclone.conf"),  # absent: no user config is read
+                    str(data),
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            wait_for_port(port, proc, log, timeout=90)
+            break
+        except RuntimeError:
+            stop(proc)
+            if attempt:
+                raise
     try:
-        wait_for_port(port, proc, log)
         yield S3Server(f"http://127.0.0.1:{port}", "tunelab", key, secret)
     finally:
         stop(proc)
