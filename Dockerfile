@@ -41,6 +41,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && git config --system --add safe.directory '*'
 
+# Extra CA certificates (docker/certs/*.crt, none in the repository) for builds behind a
+# TLS-intercepting proxy; pip and requests then use the system store.
+COPY docker/certs/ /usr/local/share/ca-certificates/tunelab/
+RUN update-ca-certificates
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+
 # A non-root user (uid matching the usual first user of the host, so the mounted clone
 # stays writable; override with --build-arg USER_UID or docker run --user).
 RUN (userdel -r ubuntu 2>/dev/null || true) \

@@ -70,6 +70,12 @@ def test_dockerfile_contract() -> None:
 
 # ------------------------------------------------------------------ build test (gated)
 
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 needs_docker = pytest.mark.skipif(
     os.environ.get("TUNELAB_DOCKER_TEST") != "1",
     reason="set TUNELAB_DOCKER_TEST=1 to build the image and run dvc repro in it (slow)",
@@ -82,7 +88,9 @@ def _docker(host: str, *args: str, timeout: int = 3600, check: bool = True, **kw
         ["docker", *args], env=env, capture_output=True, text=True, timeout=timeout, **kw
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args[:3])}... failed:\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"docker {' '.join(args[:3])}... failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -159,6 +167,15 @@ def test_image_builds_and_runs_smoke_scenario(
     docker_host: str, debian_base: str, tmp_path: Path
 ) -> None:
     image = "tunelab-test:cpu"
+    # The build context: the files the Dockerfile copies, from this checkout, plus this
+    # machine's extra CA certificates (a TLS-intercepting proxy) in docker/certs/.
+    ctx = tmp_path / "context"
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, ctx / name if ctx.exists() else _mkdir(ctx) / name)
+    for name in ("requirements", "src", "docker"):
+        shutil.copytree(ROOT / name, ctx / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for crt in Path("/usr/local/share/ca-certificates").glob("*.crt"):
+        shutil.copy2(crt, ctx / "docker" / "certs" / crt.name)
     _docker(
         docker_host,
         "build",
@@ -174,7 +191,7 @@ def test_image_builds_and_runs_smoke_scenario(
         f"USER_UID={os.getuid() or 1000}",
         "-t",
         image,
-        str(ROOT),
+        str(ctx),
         timeout=7200,
     )
     clone = tmp_path / "clone"

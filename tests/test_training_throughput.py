@@ -1,0 +1,109 @@
+"""Throughput meter (run cards' tokens/s) and the benchmark's params, on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.training.throughput import WARMUP_STEPS, ThroughputMeter
+
+from .conftest import ROOT, section
+
+
+class _Fed(torch.nn.Module):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None):  # noqa: ANN001
+        return input_ids
+
+
+def test_meter_counts_real_tokens_of_training_forwards_only() -> None:
+    meter = ThroughputMeter()
+    model = _Fed()
+    model.register_forward_pre_hook(meter.count, with_kwargs=True)
+    model.train()
+    ids = torch.ones(2, 8, dtype=torch.long)
+    mask = torch.tensor([[1] * 8, [1] * 3 + [0] * 5])
+    model(input_ids=ids, attention_mask=mask)  # padded batch: 8 + 3 real tokens
+    assert meter.tokens == 11
+    model(input_ids=torch.ones(1, 20, dtype=torch.long), position_ids=torch.arange(20)[None])
+    assert meter.tokens == 31  # padding-free (packed) batch: every id is real
+    model.eval()
+    model(input_ids=ids, attention_mask=mask)
+    assert meter.tokens == 31  # evaluation forwards do not count
+
+
+def test_meter_leaves_out_warmup_steps() -> None:
+    meter = ThroughputMeter()
+    meter.mark()
+    for step in range(WARMUP_STEPS + 3):
+        time.sleep(0.05 if step < WARMUP_STEPS else 0.01)
+        meter.tokens += 100
+        meter.mark()
+    s = meter.summary()
+    assert s["steps"] == WARMUP_STEPS + 3 and s["steps_timed"] == 3
+    assert s["tokens_timed"] == 300 and s["tokens_per_step"] == 100
+    assert len(s["seconds_per_step"]) == WARMUP_STEPS + 3
+    # the slow warm-up steps are not in the rate: 300 tokens over ~0.03 s, not ~0.13 s
+    assert s["tokens_per_second"] > 300 / (sum(s["seconds_per_step"]) - 0.005)
+    assert s["device"] == "cpu"
+
+
+def test_short_run_times_every_step() -> None:
+    meter = ThroughputMeter()
+    meter.mark()
+    meter.tokens += 50
+    meter.mark()
+    s = meter.summary()
+    assert s["steps_timed"] == 1 and s["warmup_steps_left_out"] == 0
+    assert s["tokens_timed"] == 50
+
+
+@pytest.mark.slow
+def test_run_card_carries_throughput(tiny_base: Path, tmp_path: Path) -> None:
+    from tunelab.data.alpaca import prepare_alpaca
+    from tunelab.data.common import split_records, write_prepared
+    from tunelab.training.sft import train_sft
+
+    prep = section("prepare.alpaca", source=str(ROOT / "data/raw/alpaca/sample.json"))
+    records, card = prepare_alpaca(prep)
+    train, val = split_records(records, prep.split)
+    write_prepared(tmp_path / "data", train[:64], val[:4], card)
+    params = section("train.alpaca", optim__max_steps=4, logging_steps=2, backend="hf")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        train_sft(
+            "alpaca", params, "hf", tiny_base, tmp_path / "data", tmp_path / "a", tmp_path / "l"
+        )
+    finally:
+        os.chdir(cwd)
+    t = json.loads((tmp_path / "a" / "run_card.json").read_text())["throughput"]
+    assert t["steps"] == 4 and t["steps_timed"] == 4 - WARMUP_STEPS
+    assert t["tokens_per_second"] > 0
+    # padded batches of 8 rows: the real tokens are fewer than rows x longest row
+    assert 0 < t["tokens_per_step"] < 8 * params.data.max_length
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("sft_bench", ROOT / "bench" / "sft_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_uses_the_gpu_profile_with_its_overrides_only() -> None:
+    bench = _bench()
+    p = bench.tunelab_params({}, steps=7, tiny=False)
+    assert p.backend == "auto" and p.model.load_in_4bit and p.data.packing
+    assert p.model.gradient_checkpointing and p.optim.optim == "adamw_8bit"
+    assert p.optim.max_steps == 7 and p.optim.gradient_accumulation_steps == 1
+    tokens = p.optim.per_device_train_batch_size * p.data.max_length
+    assert tokens == 8192  # the issue's 8192 tokens per step
+    q = bench.tunelab_params({"backend": "hf", "model.gradient_checkpointing": False}, 3, False)
+    assert q.backend == "hf" and not q.model.gradient_checkpointing and q.model.load_in_4bit
+    assert set(bench.SETUPS) >= {"hf_seed", "tunelab_gpu", "tunelab_gpu_hf"}
