@@ -2,8 +2,8 @@
 
 tunelab profile gpu|smoke     write a profile's values into params.yaml
 tunelab params                validate every section of params.yaml
-tunelab compare REV_A REV_B    params and metric deltas of two revisions (markdown)
-tunelab export SCENARIO        merge adapters/SCENARIO into its base: a plain HF model
+tunelab compare REV_A REV_B   params and metric deltas of two revisions (markdown)
+tunelab export SCENARIO       merge adapters/SCENARIO into its base: a plain HF model
 """
 
 from __future__ import annotations
