@@ -1,6 +1,6 @@
 """Stage base: build the tiny base model (smoke) or record the pretrained one (gpu).
 
-python -m stages.base text
+python -m stages.base text|vision
 """
 
 from __future__ import annotations
@@ -79,7 +79,57 @@ def build_text() -> None:
     )
 
 
-BUILDERS = {"text": build_text}
+def build_vision() -> None:
+    """base.vision: a tiny Qwen2.5-VL + processor (smoke) or a reference to a hub model (gpu)."""
+    from tunelab.config import load_section
+    from tunelab.io import atomic_dir, dump_json, sha256_path
+
+    params = load_section("base.vision")
+    out = OUT / "vision"
+    if params.source == "pretrained":
+        with atomic_dir(out) as tmp:
+            dump_json(
+                tmp / "base.json", {"name_or_path": params.pretrained, "revision": params.revision}
+            )
+        print(f"base vision: {params.pretrained} (revision {params.revision})")
+        return
+
+    from tunelab.errors import TunelabError
+    from tunelab.models.tiny_vl import build_vision_base
+
+    corpus = Path(params.corpus)
+    if not corpus.is_file():
+        raise TunelabError(str(corpus), "corpus file not found")
+    lines = [ln for ln in corpus.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise TunelabError(str(corpus), "corpus is empty")
+    with stage.Timer() as timer:
+        model, processor, losses = build_vision_base(params, lines)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        dump_json(
+            tmp / "base_card.json",
+            {
+                "params": params.model_dump(),
+                "corpus_sha256": sha256_path(corpus),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "vision_parameters": sum(p.numel() for p in model.model.visual.parameters()),
+                "vocab_size": len(processor.tokenizer),
+                "losses": losses,
+                "wall_seconds": timer.seconds,
+                "libraries": stage.library_versions(),
+                "code": stage.code_revision(),
+            },
+        )
+    print(
+        f"base vision: {sum(p.numel() for p in model.parameters()):,} parameters; losses "
+        + ", ".join(f"{k} {v['first']} -> {v['last']}" for k, v in losses.items())
+        + f"; {timer.seconds:.0f}s"
+    )
+
+
+BUILDERS = {"text": build_text, "vision": build_vision}
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Stage evaluate: base versus tuned on the held-out set of one text scenario.
 
-    python -m stages.evaluate alpaca|medical|legal
+    python -m stages.evaluate alpaca|medical|legal|car_insurance
 
 Writes reports/metrics/evaluate/<scenario>.json (fixed name, for `dvc metrics
 diff`) and reports/generations/<scenario>.jsonl (prompt, reference, base, tuned).
@@ -13,10 +13,38 @@ from pathlib import Path
 
 from tunelab import stage
 
-SCENARIOS = ("alpaca", "medical", "legal")
+SCENARIOS = ("alpaca", "medical", "legal", "car_insurance")
+
+
+def evaluate_car_insurance() -> None:
+    """Mileage reading off held-out images: exact match, CER, format compliance, base vs tuned."""
+    import json
+
+    from tunelab.config import load_section
+    from tunelab.evaluation.vl import evaluate_vl
+    from tunelab.io import atomic_file, write_json
+
+    params = load_section("evaluate.car_insurance")
+    with stage.Timer() as timer:
+        metrics, rows = evaluate_vl(
+            params,
+            base_dir=Path("models/base/vision"),
+            adapter_dir=Path("adapters/car_insurance"),
+            data_dir=Path("data/prepared/car_insurance"),
+        )
+    write_json(Path("reports/metrics/evaluate/car_insurance.json"), metrics)
+    with atomic_file(Path("reports/generations/car_insurance.jsonl")) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(
+        f"evaluate car_insurance ({metrics['samples']} images, {timer.seconds:.0f}s): "
+        + "; ".join(f"{k} {metrics['base'][k]} -> {metrics['tuned'][k]}" for k in metrics["base"])
+    )
 
 
 def evaluate(scenario: str) -> None:
+    if scenario == "car_insurance":
+        return evaluate_car_insurance()
     from tunelab.config import load_section
 
     params = load_section(f"evaluate.{scenario}")

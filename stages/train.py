@@ -1,6 +1,6 @@
 """Stage train: LoRA / QLoRA SFT of one text scenario -> adapters/<scenario>/.
 
-python -m stages.train alpaca|medical|legal
+python -m stages.train alpaca|medical|legal|car_insurance   (car_insurance: vision-language)
 """
 
 from __future__ import annotations
@@ -10,7 +10,30 @@ from pathlib import Path
 
 from tunelab import stage
 
-SCENARIOS = ("alpaca", "medical", "legal")
+SCENARIOS = ("alpaca", "medical", "legal", "car_insurance")
+
+
+def train_car_insurance(params: object) -> None:
+    """Vision-language LoRA (tunelab.training.vl), one process; Unsloth FastVisionModel on a GPU."""
+    from tunelab.training.backends import select_backend
+
+    backend = select_backend(params.backend, "train.car_insurance.backend")  # before transformers
+    from tunelab.training.vl import train_vl
+
+    card = train_vl(
+        "car_insurance",
+        params,
+        backend,
+        base_dir=Path("models/base/vision"),
+        data_dir=Path("data/prepared/car_insurance"),
+        out_dir=Path("adapters/car_insurance"),
+        live_dir=Path("reports/train/car_insurance"),
+    )
+    t = card["train"]
+    print(
+        f"train car_insurance: backend {backend}, {t['global_step']} steps, loss "
+        f"{t['first_logged_loss']} -> {t['last_logged_loss']}, {card['wall_seconds']:.0f}s"
+    )
 
 
 def train(scenario: str) -> None:
@@ -18,6 +41,8 @@ def train(scenario: str) -> None:
     from tunelab.training.backends import select_backend
 
     params = load_section(f"train.{scenario}")
+    if scenario == "car_insurance":
+        return train_car_insurance(params)
     backend = select_backend(params.backend, f"train.{scenario}.backend")  # before transformers
     from tunelab.training.sft import train_sft
 

@@ -84,7 +84,7 @@ def test_sample_workbook_drops_one_row_per_reason() -> None:
     assert card.extra["images"]["from_embedded_picture"] == 8
     assert len(card.files) == len(records)
     rec = records[0]
-    assert rec["messages"][0]["content"][0] == {"type": "image"}
+    assert rec["messages"][0]["content"][1] == {"type": "image"}
     assert rec["messages"][-1]["content"].startswith("里程数：")
     assert rec["images"][0] in card.files
 
@@ -177,7 +177,7 @@ def test_empty_answer_and_blank_rows(tmp_path: Path) -> None:
 def test_empty_prompt_takes_default_prompt(tmp_path: Path) -> None:
     xlsx = workbook(tmp_path, [row("ok.png", prompt=None)], files={"ok.png": png((112, 56))})
     records, _ = prepare_car_insurance(params(xlsx, default_prompt="读一下里程。"))
-    assert records[0]["messages"][0]["content"][1]["text"] == "读一下里程。"
+    assert records[0]["messages"][0]["content"][0]["text"] == "读一下里程。"
 
 
 def test_strict_mode_stops_on_the_first_bad_row(tmp_path: Path) -> None:

@@ -20,8 +20,11 @@ Blank rows are skipped without counting. An empty prompt cell takes
 ``default_prompt``. Images are turned upright (EXIF orientation), converted
 to RGB and resized, keeping the aspect ratio, into [min_pixels, max_pixels]
 (width x height), then stored as PNG next to the records, which reference
-them by relative path: ``{"messages": [system?, user: [image, text],
-assistant: text], "images": ["images/row_00002.png"], "meta": {...}}``.
+them by relative path: ``{"messages": [system?, user: [text, image],
+assistant: text], "images": ["images/row_00002.png"], "meta": {...}}``. The
+question comes before the picture, so the answer always starts at the same
+distance from the image tokens whatever the question's length (a small model
+learns to read a fixed-offset row much sooner; large ones do not mind).
 """
 
 from __future__ import annotations
@@ -205,7 +208,7 @@ def prepare_car_insurance(
         )
         prompt = value["prompt"] or params.default_prompt
         messages += [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+            {"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image"}]},
             {"role": "assistant", "content": value["answer"]},
         ]
         records.append(

@@ -1,0 +1,328 @@
+"""Vision-language SFT: LoRA on a Qwen2.5-VL-style model through TRL's SFTTrainer.
+
+A copy-modified SFT recipe (training/sft.py) for image + text conversations:
+
+- the model loads through ``AutoModelForImageTextToText`` with its processor
+  (hf backend: transformers + PEFT, bitsandbytes for 4-bit) or through
+  Unsloth's ``FastVisionModel`` (unsloth backend, on a GPU);
+- LoRA placement follows Unsloth's switches (finetune_vision_layers,
+  finetune_language_layers, finetune_attention_modules, finetune_mlp_modules);
+  on the hf backend they become a PEFT target regex over the language model's
+  decoder layers and the vision tower's blocks (the patch merger, embeddings
+  and LM head stay frozen, as Unsloth leaves them);
+- the processor's image bounds (min/max pixels) come from params and are saved
+  with the adapter, so evaluation sees images exactly as training did;
+- the data are prompt/completion pairs with their images; the loss covers the
+  completion only (TRL does not support assistant-only masks for images, and
+  the prompt is everything before the assistant's answer, so it is the same);
+- checkpoints, fingerprint, run card and dvclive curves as in training/sft.py
+  (its helpers are reused, not copied).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import ModelLoadParams, PixelBoundsParams, VLLoraParams, VLTrainParams
+from tunelab.data.common import text_of
+from tunelab.io import atomic_dir, dump_json, read_jsonl
+
+LANGUAGE_MODULES = {
+    "attention": r"self_attn\.(?:q_proj|k_proj|v_proj|o_proj)",
+    "mlp": r"mlp\.(?:gate_proj|up_proj|down_proj)",
+}
+VISION_MODULES = {
+    "attention": r"attn\.(?:qkv|proj)",
+    "mlp": r"mlp\.(?:gate_proj|up_proj|down_proj)",
+}
+
+
+def lora_target_regex(lora: VLLoraParams) -> str:
+    """PEFT ``target_modules`` regex (full match) for Qwen2/2.5-VL module names."""
+    kinds = [
+        k
+        for k, on in (
+            ("attention", lora.finetune_attention_modules),
+            ("mlp", lora.finetune_mlp_modules),
+        )
+        if on
+    ]
+    parts = []
+    if lora.finetune_language_layers:
+        inner = "|".join(LANGUAGE_MODULES[k] for k in kinds)
+        parts.append(rf".*language_model\.layers\.\d+\.(?:{inner})")
+    if lora.finetune_vision_layers:
+        inner = "|".join(VISION_MODULES[k] for k in kinds)
+        parts.append(rf".*visual\.blocks\.\d+\.(?:{inner})")
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def set_image_bounds(processor: Any, bounds: PixelBoundsParams) -> None:
+    """Bound the processor's image size (Qwen2-VL's min_pixels / max_pixels)."""
+    ip = processor.image_processor
+    ip.size = {"shortest_edge": bounds.min_pixels, "longest_edge": bounds.max_pixels}
+    for name, value in (("min_pixels", bounds.min_pixels), ("max_pixels", bounds.max_pixels)):
+        if hasattr(ip, name):
+            setattr(ip, name, value)
+
+
+def load_processor(name_or_path: str, revision: str | None, trust_remote_code: bool) -> Any:
+    from transformers import AutoProcessor
+
+    from tunelab.errors import TunelabError
+
+    try:
+        processor = AutoProcessor.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise TunelabError(
+            name_or_path, f"cannot load the processor ({str(err).splitlines()[0]})"
+        ) from None
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def load_vl_model(name_or_path: str, revision: str | None, model: ModelLoadParams | Any) -> Any:
+    """AutoModelForImageTextToText from a hub id or local path (safetensors only)."""
+    from transformers import AutoModelForImageTextToText
+
+    from tunelab.errors import TunelabError
+    from tunelab.models.loading import _default_device, check_safetensors, torch_dtype
+
+    check_safetensors(Path(name_or_path))
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(model.dtype),
+        "revision": revision,
+        "trust_remote_code": model.trust_remote_code,
+        "use_safetensors": True,
+    }
+    if model.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(model.dtype),
+        )
+        kwargs["device_map"] = _default_device()
+    try:
+        return AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        raise TunelabError(
+            name_or_path, f"cannot load the model ({str(err).splitlines()[0]})"
+        ) from None
+
+
+def load_hf_vl(name_or_path: str, revision: str | None, params: VLTrainParams) -> tuple[Any, Any]:
+    """transformers + PEFT: LoRA on the layers the switches select."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    processor = load_processor(name_or_path, revision, params.model.trust_remote_code)
+    base = load_vl_model(name_or_path, revision, params.model)
+    if params.model.load_in_4bit:
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=params.model.gradient_checkpointing
+        )
+    elif params.model.gradient_checkpointing:
+        base.gradient_checkpointing_enable()
+        base.enable_input_require_grads()
+    lora = params.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora_target_regex(lora),
+        use_dora=lora.use_dora,
+        bias="none",
+    )
+    return get_peft_model(base, config), processor
+
+
+def load_unsloth_vl(
+    name_or_path: str, revision: str | None, params: VLTrainParams
+) -> tuple[Any, Any]:
+    """Unsloth FastVisionModel + its get_peft_model with the same switches."""
+    from unsloth import FastVisionModel
+
+    from tunelab.models.loading import check_safetensors, torch_dtype
+
+    check_safetensors(Path(name_or_path))
+    base, processor = FastVisionModel.from_pretrained(
+        model_name=name_or_path,
+        revision=revision,
+        dtype=torch_dtype(params.model.dtype),
+        load_in_4bit=params.model.load_in_4bit,
+        trust_remote_code=params.model.trust_remote_code,
+        use_gradient_checkpointing="unsloth" if params.model.gradient_checkpointing else False,
+    )
+    lora = params.lora
+    model = FastVisionModel.get_peft_model(
+        base,
+        finetune_vision_layers=lora.finetune_vision_layers,
+        finetune_language_layers=lora.finetune_language_layers,
+        finetune_attention_modules=lora.finetune_attention_modules,
+        finetune_mlp_modules=lora.finetune_mlp_modules,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        use_dora=lora.use_dora,
+        bias="none",
+        random_state=params.seed,
+    )
+    FastVisionModel.for_training(model)
+    return model, processor
+
+
+def vl_records(path: Path) -> list[dict[str, Any]]:
+    """Prepared records -> prompt/completion pairs with image paths (relative to the records).
+
+    User turns keep their list of parts (the image placeholder where the record
+    puts it); TRL fills the placeholders with the decoded images.
+    """
+    rows = []
+    for rec in read_jsonl(path):
+        messages = rec["messages"]
+        prompt = [
+            m
+            if m["role"] == "user"
+            else {"role": m["role"], "content": [{"type": "text", "text": text_of(m["content"])}]}
+            for m in messages[:-1]
+        ]
+        completion = [{"role": "assistant", "content": text_of(messages[-1]["content"])}]
+        images = [str(path.parent / rel) for rel in rec["images"]]
+        rows.append({"prompt": prompt, "completion": completion, "images": images})
+    return rows
+
+
+def vl_dataset(path: Path) -> Any:
+    """A datasets.Dataset whose images decode lazily to PIL (datasets.Image)."""
+    from datasets import Dataset, Image, List
+
+    ds = Dataset.from_list(vl_records(path))
+    return ds.cast_column("images", List(Image()))
+
+
+def vl_config(params: VLTrainParams, output_dir: Path, backend: str) -> Any:
+    """SFTConfig for image + text pairs; nothing here that params do not name."""
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available()
+    o = params.optim
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        max_length=params.data.max_length,
+        packing=False,  # TRL packs no image datasets
+        assistant_only_loss=False,  # not supported with images: completion_only_loss instead
+        completion_only_loss=True,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        learning_rate=o.learning_rate,
+        lr_scheduler_type=o.lr_scheduler_type,
+        warmup_steps=o.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the steps
+        weight_decay=o.weight_decay,
+        per_device_train_batch_size=o.per_device_train_batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation_steps,
+        max_steps=o.max_steps,
+        num_train_epochs=o.num_train_epochs,
+        max_grad_norm=o.max_grad_norm,
+        optim=o.optim,
+        logging_steps=params.logging_steps,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=2,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=cuda and params.model.dtype == "bfloat16",
+        fp16=cuda and params.model.dtype == "float16",
+        gradient_checkpointing=False,  # the backends enable it from params.model
+        dataloader_num_workers=0,
+    )
+    if backend == "unsloth":
+        kwargs["dataset_text_field"] = ""  # as Unsloth's vision notebooks set it
+    return SFTConfig(**kwargs)
+
+
+def train_vl(
+    scenario: str,
+    params: VLTrainParams,
+    backend: str,
+    base_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    live_dir: Path,
+) -> dict[str, Any]:
+    """Train the scenario's VL adapter; write it, the processor and the run card to out_dir."""
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from tunelab import stage
+    from tunelab.models.loading import resolve_base
+    from tunelab.training.live import live_callback
+    from tunelab.training.runcard import run_card
+    from tunelab.training.sft import checkpoint_dir, fingerprint
+
+    inputs = {"train": data_dir / "train.jsonl", "images": data_dir / "images", "base": base_dir}
+    fp = fingerprint(params, inputs)
+    ckpt, resumable = checkpoint_dir("train", scenario, fp)
+    name_or_path, revision = resolve_base(base_dir)
+
+    with stage.Timer() as timer:
+        set_seed(params.seed)  # before the model and the adapter are built
+        if backend == "unsloth":
+            model, processor = load_unsloth_vl(name_or_path, revision, params)
+        else:
+            model, processor = load_hf_vl(name_or_path, revision, params)
+        set_image_bounds(processor, params.image)
+        train_ds = vl_dataset(inputs["train"])
+        collator = None
+        if backend == "unsloth":
+            from unsloth.trainer import UnslothVisionDataCollator
+
+            collator = UnslothVisionDataCollator(model, processor)
+        live, callback = live_callback(live_dir, resumable)
+        trainer = SFTTrainer(
+            model=model,
+            args=vl_config(params, ckpt, backend),
+            train_dataset=train_ds,
+            processing_class=processor,
+            data_collator=collator,
+            callbacks=[callback],
+        )
+        result = trainer.train(resume_from_checkpoint=True if resumable else None)
+        live.end()
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    card = run_card(
+        scenario,
+        f"train.{scenario}",
+        params,
+        inputs | {"val": data_dir / "val.jsonl"},
+        timer.seconds,
+        backend=backend,
+        base_model={"name_or_path": name_or_path, "revision": revision},
+        lora_target_modules=lora_target_regex(params.lora) if backend == "hf" else "unsloth",
+        trainable_parameters=trainable,
+        resumed=resumable,
+        train={
+            "global_step": trainer.state.global_step,
+            "train_loss": round(result.training_loss, 4),
+            "first_logged_loss": history[0]["loss"] if history else None,
+            "last_logged_loss": history[-1]["loss"] if history else None,
+            "train_rows": len(train_ds),
+        },
+    )
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        dump_json(tmp / "run_card.json", card)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return card
