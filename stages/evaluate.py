@@ -1,6 +1,6 @@
 """Stage evaluate: base versus tuned on the held-out set of one text scenario.
 
-    python -m stages.evaluate alpaca|medical|legal|car_insurance
+    python -m stages.evaluate alpaca|medical|legal|gsm8k|car_insurance
 
 Writes reports/metrics/evaluate/<scenario>.json (fixed name, for `dvc metrics
 diff`) and reports/generations/<scenario>.jsonl (prompt, reference, base, tuned).
@@ -13,7 +13,34 @@ from pathlib import Path
 
 from tunelab import stage
 
-SCENARIOS = ("alpaca", "medical", "legal", "car_insurance")
+SCENARIOS = ("alpaca", "medical", "legal", "gsm8k", "car_insurance")
+
+
+def evaluate_gsm8k() -> None:
+    """lm-eval's gsm8k task (strict/flexible) plus the <answer> scorer, base vs tuned."""
+    import json
+
+    from tunelab.config import load_section
+    from tunelab.evaluation.gsm8k import evaluate_gsm8k as run
+    from tunelab.io import atomic_file, write_json
+
+    params = load_section("evaluate.gsm8k")
+    with stage.Timer() as timer:
+        metrics, generations = run(
+            params,
+            base_dir=Path("models/base/text"),
+            adapter_dir=Path("adapters/gsm8k"),
+            data_dir=Path("data/prepared/gsm8k"),
+        )
+    write_json(Path("reports/metrics/evaluate/gsm8k.json"), metrics)
+    with atomic_file(Path("reports/generations/gsm8k.jsonl")) as fh:
+        for row in generations:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    keys = ("strict_match", "flexible_extract", "answer_accuracy", "format_strict")
+    print(
+        f"evaluate gsm8k ({metrics['samples']} problems, {timer.seconds:.0f}s): "
+        + "; ".join(f"{k} {metrics['base'][k]} -> {metrics['tuned'][k]}" for k in keys)
+    )
 
 
 def evaluate_car_insurance() -> None:
@@ -43,6 +70,8 @@ def evaluate_car_insurance() -> None:
 
 
 def evaluate(scenario: str) -> None:
+    if scenario == "gsm8k":
+        return evaluate_gsm8k()
     if scenario == "car_insurance":
         return evaluate_car_insurance()
     from tunelab.config import load_section

@@ -1,6 +1,8 @@
 """Stage prepare: raw data of one scenario -> data/prepared/<scenario>/{train,val}.jsonl + data card.
 
-python -m stages.prepare alpaca|medical|legal
+python -m stages.prepare alpaca|medical|legal|gsm8k
+
+gsm8k keeps its own train/test files (GSM8K ships both): data/prepared/gsm8k/{train,test}.jsonl.
 """
 
 from __future__ import annotations
@@ -18,7 +20,20 @@ PREPARERS = {
 }
 
 
+def prepare_gsm8k() -> None:
+    from tunelab.config import load_section
+    from tunelab.data.gsm8k import prepare_gsm8k as build
+
+    card = build(load_section("prepare.gsm8k"), Path("data/prepared/gsm8k"))
+    print(
+        f"prepare gsm8k: read {card['rows_read']}, kept train {card['train_rows']}, "
+        f"test {card['test_rows']}, dropped {card['rows_dropped']}"
+    )
+
+
 def prepare(scenario: str) -> None:
+    if scenario == "gsm8k":
+        return prepare_gsm8k()
     import importlib
 
     from tunelab.config import load_section
@@ -43,7 +58,7 @@ def prepare(scenario: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=sorted(PREPARERS))
+    parser.add_argument("scenario", choices=sorted([*PREPARERS, "gsm8k"]))
     args = parser.parse_args()
     stage.run(lambda: prepare(args.scenario))
 

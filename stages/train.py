@@ -1,6 +1,7 @@
 """Stage train: LoRA / QLoRA SFT of one text scenario -> adapters/<scenario>/.
 
-python -m stages.train alpaca|medical|legal|car_insurance   (car_insurance: vision-language)
+python -m stages.train alpaca|medical|legal|gsm8k|car_insurance
+(gsm8k: GRPO, tunelab.training.grpo; car_insurance: vision-language, tunelab.training.vl)
 """
 
 from __future__ import annotations
@@ -10,7 +11,27 @@ from pathlib import Path
 
 from tunelab import stage
 
-SCENARIOS = ("alpaca", "medical", "legal", "car_insurance")
+SCENARIOS = ("alpaca", "medical", "legal", "gsm8k", "car_insurance")
+
+
+def train_gsm8k(params: object, backend: str) -> None:
+    from tunelab.training.grpo import train_grpo
+
+    card = train_grpo(
+        params,
+        backend,
+        base_dir=Path("models/base/text"),
+        data_dir=Path("data/prepared/gsm8k"),
+        out_dir=Path("adapters/gsm8k"),
+        live_dir=Path("reports/train/gsm8k"),
+    )
+    curves = card["grpo"]["curves"]
+    reward = curves.get("reward", {})
+    print(
+        f"train gsm8k: backend {backend}, warm-up {card['warmup'].get('global_step', '-')} steps, "
+        f"GRPO {card['grpo']['global_step']} steps, reward {reward.get('first')} -> "
+        f"{reward.get('last')}, {card['wall_seconds']:.0f}s"
+    )
 
 
 def train_car_insurance(params: object) -> None:
@@ -44,6 +65,8 @@ def train(scenario: str) -> None:
     if scenario == "car_insurance":
         return train_car_insurance(params)
     backend = select_backend(params.backend, f"train.{scenario}.backend")  # before transformers
+    if scenario == "gsm8k":
+        return train_gsm8k(params, backend)
     from tunelab.training.sft import train_sft
 
     card = train_sft(

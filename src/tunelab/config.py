@@ -358,6 +358,147 @@ class LaunchParams(Section):
         return self
 
 
+# -------------------------------------------------------------------- gsm8k (GRPO)
+
+
+def _check_regex(pattern: str, groups: int | None = None) -> str:
+    import re
+
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"invalid regular expression ({err})") from None
+    if groups is not None and compiled.groups != groups:
+        raise ValueError(f"the pattern must have exactly {groups} group(s)")
+    return pattern
+
+
+class GSM8KPrepareParams(Section):
+    """prepare.gsm8k: GSM8K-format JSONL -> GRPO prompts with the numeric answer."""
+
+    train_source: str
+    test_source: str
+    system_prompt: str
+    user_template: str
+    reference_template: str
+    max_train_rows: PosInt | None
+    max_test_rows: PosInt | None
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> GSM8KPrepareParams:
+        if "{question}" not in self.user_template:
+            raise ValueError("user_template must contain {question}")
+        for name in ("{reasoning}", "{answer}"):
+            if name not in self.reference_template:
+                raise ValueError(f"reference_template must contain {name}")
+        return self
+
+
+class AnswerFormatParams(Section):
+    """The <reasoning>/<answer> format: regexes (re.match, DOTALL) and the tags counted."""
+
+    strict_pattern: str
+    soft_pattern: str
+    answer_pattern: str
+    xml_tags: Annotated[list[str], Field(min_length=1)]
+    closing_tag: Annotated[str, Field(min_length=1)]  # text after its last occurrence is penalised
+
+    @model_validator(mode="after")
+    def _patterns(self) -> AnswerFormatParams:
+        _check_regex(self.strict_pattern)
+        _check_regex(self.soft_pattern)
+        _check_regex(self.answer_pattern, groups=1)
+        return self
+
+
+class RewardParams(Section):
+    """Reward values (R1-style GRPO recipe); each function returns its own scale."""
+
+    correctness: NonNegFloat
+    integer: NonNegFloat
+    strict_format: NonNegFloat
+    soft_format: NonNegFloat
+    xml_per_tag: NonNegFloat
+    xml_trailing_penalty: NonNegFloat  # per non-space character after the closing tag
+
+
+class WarmupParams(Section):
+    """Optional SFT warm-up on formatted examples before GRPO (same LoRA adapter)."""
+
+    enabled: bool
+    data: SFTDataParams
+    optim: OptimParams
+    logging_steps: PosInt
+
+
+class GRPOParams(Section):
+    num_generations: Annotated[int, Field(ge=2)]
+    max_completion_length: PosInt
+    temperature: PosFloat
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    beta: NonNegFloat
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo"]
+    scale_rewards: Literal["group", "batch", "none"]
+    num_iterations: PosInt
+    epsilon: PosFloat
+    mask_truncated_completions: bool
+    optim: OptimParams
+    logging_steps: PosInt
+
+    @model_validator(mode="after")
+    def _batch(self) -> GRPOParams:
+        # TRL: generation batch = per_device_train_batch_size x steps_per_generation
+        # (= gradient_accumulation_steps here) and must divide by num_generations.
+        batch = self.optim.per_device_train_batch_size * self.optim.gradient_accumulation_steps
+        if batch % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size x gradient_accumulation_steps ({batch}) "
+                f"must be a multiple of num_generations ({self.num_generations})"
+            )
+        return self
+
+
+class VLLMParams(Section):
+    use_vllm: bool
+    mode: Literal["colocate", "server"]
+    gpu_memory_utilization: OpenFraction
+
+
+class GRPOTrainParams(Section):
+    """train.gsm8k: LoRA GRPO through TRL's GRPOTrainer, optional SFT warm-up first."""
+
+    seed: int
+    backend: Literal["auto", "unsloth", "hf"]
+    max_seq_length: PosInt  # Unsloth's max_seq_length (prompt + completion)
+    model: ModelLoadParams
+    lora: LoraParams
+    format: AnswerFormatParams
+    rewards: RewardParams
+    warmup: WarmupParams
+    grpo: GRPOParams
+    vllm: VLLMParams
+    save_steps: PosInt
+
+
+class LmEvalModelParams(Section):
+    dtype: Literal["float32", "bfloat16", "float16"]
+    trust_remote_code: bool
+
+
+class GSM8KEvaluateParams(Section):
+    """evaluate.gsm8k: lm-eval's builtin gsm8k task on local files, plus the <answer> score."""
+
+    seed: int
+    model: LmEvalModelParams
+    max_samples: PosInt | None
+    batch_size: PosInt
+    num_fewshot: NonNegInt | None  # None: the task's own (5)
+    apply_chat_template: bool
+    fewshot_as_multiturn: bool
+    max_gen_toks: PosInt
+    format: AnswerFormatParams
+
+
 # ------------------------------------------------------ car_insurance (vision-language)
 
 
@@ -530,14 +671,17 @@ SECTIONS: dict[str, type[Section]] = {
     "prepare.alpaca": AlpacaPrepareParams,
     "prepare.medical": MedicalPrepareParams,
     "prepare.legal": LegalPrepareParams,
+    "prepare.gsm8k": GSM8KPrepareParams,
     "prepare.car_insurance": CarInsurancePrepareParams,
     "train.alpaca": SFTTrainParams,
     "train.medical": SFTTrainParams,
     "train.legal": SFTTrainParams,
+    "train.gsm8k": GRPOTrainParams,
     "train.car_insurance": VLTrainParams,
     "evaluate.alpaca": SFTEvaluateParams,
     "evaluate.medical": SFTEvaluateParams,
     "evaluate.legal": SFTEvaluateParams,
+    "evaluate.gsm8k": GSM8KEvaluateParams,
     "evaluate.car_insurance": VLEvaluateParams,
     "report.content": ReportContentParams,
     "export.merge": ExportMergeParams,

@@ -484,6 +484,10 @@ def write_samples(root: Path, seed: int = 20261130) -> list[Path]:
     exam, counsel = legal_records(random.Random(seed + 3))
     put("legal/judicial_exam.json", dump(exam))
     put("legal/counsel_with_articles.json", dump(counsel))
+    from tunelab.data.gsm8k import smoke_files
+
+    for name, data in smoke_files(random.Random(seed + 4), n_train=800, n_test=64).items():
+        put(f"gsm8k/{name}", data)
     return written
 
 

@@ -12,6 +12,12 @@ architecture (``Qwen2ForCausalLM``) at a few million parameters:
    packed blocks) so that a later LoRA has features to adapt: LoRA on a random
    base does not learn.
 
+The corpus has one document per line; the two characters ``\\n`` inside a line
+stand for a line break (``unescape``), so that the newline token, which chat
+answers use, is trained too. A token the pretraining never sees keeps its
+random, near-zero embedding (tied to the output layer), and LoRA alone cannot
+make it likely: sampled text would never produce it.
+
 The output directory loads with ``AutoModelForCausalLM`` / ``AutoTokenizer``
 exactly as a hub checkpoint would.
 """
@@ -35,6 +41,11 @@ QWEN_SPLIT = (
 SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END]
 
 
+def unescape(line: str) -> str:
+    """A corpus line is one document; ``\\n`` in it stands for a line break."""
+    return line.replace("\\n", "\n")
+
+
 def train_tokenizer(lines: list[str], vocab_size: int, min_frequency: int) -> Any:
     """Train a byte-level BPE with Qwen's split; return a transformers tokenizer."""
     from transformers import PreTrainedTokenizerFast
@@ -54,7 +65,7 @@ def train_tokenizer(lines: list[str], vocab_size: int, min_frequency: int) -> An
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(lines, trainer=trainer)
+    tok.train_from_iterator([unescape(line) for line in lines], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=IM_END,
@@ -94,7 +105,7 @@ def pack_blocks(lines: list[str], tokenizer: Any, seq_len: int) -> torch.Tensor:
     eot = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     ids: list[int] = []
     for line in lines:
-        ids.extend(tokenizer(line, add_special_tokens=False)["input_ids"])
+        ids.extend(tokenizer(unescape(line), add_special_tokens=False)["input_ids"])
         ids.append(eot)
     n = len(ids) // seq_len
     if n == 0:

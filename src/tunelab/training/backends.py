@@ -70,8 +70,13 @@ def load_unsloth(
     lora: LoraParams,
     seed: int,
     max_length: int,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """Unsloth FastLanguageModel + its get_peft_model (same LoRA settings)."""
+    """Unsloth FastLanguageModel + its get_peft_model (same LoRA settings).
+
+    ``extra`` goes to ``from_pretrained`` as is (GRPO passes ``fast_inference`` etc.
+    there when vLLM rollouts are asked for).
+    """
     from unsloth import FastLanguageModel
 
     from tunelab.models.loading import check_safetensors, torch_dtype
@@ -85,6 +90,7 @@ def load_unsloth(
         load_in_4bit=model.load_in_4bit,
         trust_remote_code=model.trust_remote_code,
         use_safetensors=True,
+        **(extra or {}),
     )
     peft_model = FastLanguageModel.get_peft_model(
         base,

@@ -1,0 +1,315 @@
+"""GSM8K: the reader that builds GRPO prompts, and the smoke profile's problem generator.
+
+GSM8K rows are ``{"question": ..., "answer": "<worked solution>\\n#### <number>"}``;
+the worked solution carries calculator annotations such as ``<<16-3-4=9>>``.
+``prepare_gsm8k`` keeps both fields verbatim (lm-eval's gsm8k task reads them
+from the prepared files) and adds:
+
+- ``prompt``: the chat prompt GRPO samples from (system prompt asking for the
+  ``<reasoning>/<answer>`` format, then ``user_template`` around the question);
+- ``target``: the final number in canonical form (thousands separators and a
+  leading ``$`` stripped, ``-`` kept, decimals kept, trailing zeros of a
+  decimal dropped: ``1,000`` -> ``1000``, ``-3`` -> ``-3``, ``2.50`` -> ``2.5``);
+- ``reasoning``: the worked solution without annotations and without the
+  ``####`` line, and ``reference``: the formatted answer built from it, which
+  the optional SFT warm-up trains on.
+
+A row without a parsable ``#### <number>`` line is an error (file, line), not a
+silent drop; exact duplicate questions and training questions that also appear
+in the test file are dropped and counted in the data card.
+
+``generate_problems`` writes simple one-step arithmetic word problems in the
+same format with known answers (single-digit operands; a few negative,
+decimal and thousands answers so the whole reader is exercised). It is what the
+smoke profile trains on: small enough that the tiny model learns the format
+and much of the arithmetic within a CPU minute.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import GSM8KPrepareParams
+from tunelab.data.common import length_stats
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_dir, dump_json, write_jsonl
+
+FINAL = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
+ANNOTATION = re.compile(r"<<[^<>]*>>")
+_PLAIN = re.compile(r"-?\d+(\.\d+)?")
+_GROUPED = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+
+
+def normalize_number(text: str) -> str | None:
+    """Canonical form of a number written as GSM8K writes answers, or None.
+
+    Accepts surrounding whitespace, a leading ``$`` (after an optional ``-``),
+    thousands separators in groups of three, a trailing full stop, decimals and
+    negatives. Anything else (words, units, two numbers) is not a number.
+    """
+    s = text.strip().rstrip(".").strip()
+    negative = s.startswith("-")
+    if negative:
+        s = s[1:].lstrip()
+    s = s.removeprefix("$").strip()
+    if negative:
+        s = "-" + s
+    if _GROUPED.fullmatch(s):
+        s = s.replace(",", "")
+    elif not _PLAIN.fullmatch(s):
+        return None
+    try:
+        value = Decimal(s)
+    except InvalidOperation:
+        return None
+    whole = value == value.to_integral_value()
+    value = value.quantize(Decimal(1)) if whole else value.normalize()
+    out = format(value, "f")
+    return "0" if out == "-0" else out
+
+
+def split_answer(answer: str) -> tuple[str, str] | None:
+    """(reasoning without annotations or the #### line, canonical final number)."""
+    found = list(FINAL.finditer(answer))
+    if not found:
+        return None
+    number = normalize_number(found[-1].group(1))
+    if number is None:
+        return None
+    body = answer[: found[-1].start()]
+    reasoning = "\n".join(
+        line.strip() for line in ANNOTATION.sub("", body).splitlines() if line.strip()
+    )
+    return reasoning, number
+
+
+def read_gsm8k(path: Path) -> list[dict[str, Any]]:
+    """Rows of a GSM8K JSONL file, each checked; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(str(path), "file not found")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {i}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TunelabError(where, f"invalid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise TunelabError(where, "expected a JSON object with question and answer")
+            for key in ("question", "answer"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise TunelabError(where, f"missing or empty key '{key}'")
+            parts = split_answer(row["answer"])
+            if parts is None:
+                raise TunelabError(
+                    where, "answer has no final '#### <number>' line with a number after it"
+                )
+            rows.append({"question": row["question"], "answer": row["answer"], "_parts": parts})
+    return rows
+
+
+def build_record(row: dict[str, Any], params: GSM8KPrepareParams) -> dict[str, Any]:
+    reasoning, target = row["_parts"]
+    return {
+        "question": row["question"],
+        "answer": row["answer"],
+        "prompt": [
+            {"role": "system", "content": params.system_prompt},
+            {"role": "user", "content": params.user_template.format(question=row["question"])},
+        ],
+        "target": target,
+        "reasoning": reasoning,
+        "reference": params.reference_template.format(reasoning=reasoning, answer=target),
+    }
+
+
+def prepare_gsm8k(params: GSM8KPrepareParams, out: Path) -> dict[str, Any]:
+    """Read train and test sources, build records, write out/{train,test}.jsonl + data card."""
+    dropped: Counter = Counter()
+    test_rows = read_gsm8k(Path(params.test_source))
+    train_rows = read_gsm8k(Path(params.train_source))
+    read = {"train": len(train_rows), "test": len(test_rows)}
+
+    def unique(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        kept = []
+        for row in rows:
+            key = " ".join(row["question"].split())
+            if key in seen:
+                dropped[f"{split}_duplicate"] += 1
+                continue
+            seen.add(key)
+            kept.append(row)
+        return kept
+
+    test_rows = unique(test_rows, "test")
+    test_questions = {" ".join(r["question"].split()) for r in test_rows}
+    train_rows = unique(train_rows, "train")
+    kept_train = []
+    for row in train_rows:
+        if " ".join(row["question"].split()) in test_questions:
+            dropped["train_in_test"] += 1
+        else:
+            kept_train.append(row)
+    train = [build_record(r, params) for r in kept_train[: params.max_train_rows]]
+    test = [build_record(r, params) for r in test_rows[: params.max_test_rows]]
+    for split, records in (("train", train), ("test", test)):
+        if not records:
+            source = params.train_source if split == "train" else params.test_source
+            raise TunelabError(source, f"no usable {split} rows")
+    card = {
+        "scenario": "gsm8k",
+        "sources": [params.train_source, params.test_source],
+        "rows_read": read,
+        "rows_dropped": dict(sorted(dropped.items())),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "answers": {
+            split: {
+                "negative": sum(r["target"].startswith("-") for r in recs),
+                "decimal": sum("." in r["target"] for r in recs),
+                "with_thousands_separator": sum(
+                    bool(re.search(r"####\s*-?\$?\d{1,3},\d{3}", r["answer"])) for r in recs
+                ),
+            }
+            for split, recs in (("train", train), ("test", test))
+        },
+        "lengths_chars": {
+            "question": length_stats([len(r["question"]) for r in train + test]),
+            "reference": length_stats([len(r["reference"]) for r in train + test]),
+        },
+    }
+    with atomic_dir(out) as tmp:
+        write_jsonl(tmp / "train.jsonl", train)
+        write_jsonl(tmp / "test.jsonl", test)
+        dump_json(tmp / "data_card.json", card)
+    return card
+
+
+# ------------------------------------------------------------------ smoke generator
+
+NAMES = ["Tom", "Anna", "Ben", "Lucy", "Sam", "Mia", "Jack", "Emma", "Leo", "Zoe", "Max", "Ella"]
+ITEMS = ["apples", "pens", "books", "cards", "eggs", "toys", "cups", "coins", "shells", "stamps"]
+
+
+def _problem(rng: random.Random) -> tuple[str, str]:
+    """One word problem and its GSM8K-style answer ("a + b = <<a+b=c>>c\n#### c").
+
+    The worked solution is the one equation, with GSM8K's calculator annotation.
+    """
+    name, friend = rng.sample(NAMES, 2)
+    item = rng.choice(ITEMS)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    kind = rng.choices(
+        ["add", "add_total", "sub", "mul", "temperature", "decimal", "thousands"],
+        weights=[5, 4, 5, 3, 2, 1, 1],
+    )[0]
+    if kind == "add":
+        q = f"{name} has {a} {item}. {name} buys {b} more. How many {item} does {name} have now?"
+        x, y, op, c = str(a), str(b), "+", str(a + b)
+    elif kind == "add_total":
+        q = (
+            f"{name} found {a} {item} on Monday and {b} {item} on Tuesday. "
+            f"How many {item} did {name} find in total?"
+        )
+        x, y, op, c = str(a), str(b), "+", str(a + b)
+    elif kind == "sub":
+        a, b = max(a, b) + 1, min(a, b)
+        q = (
+            f"{name} had {a} {item} and gave {b} of them to {friend}. "
+            f"How many {item} does {name} have left?"
+        )
+        x, y, op, c = str(a), str(b), "-", str(a - b)
+    elif kind == "mul":
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
+        q = f"{name} buys {a} boxes with {b} {item} in each box. How many {item} does {name} buy?"
+        x, y, op, c = str(a), str(b), "*", str(a * b)
+    elif kind == "temperature":  # may go below zero
+        q = (
+            f"The temperature was {a} degrees at noon. By night it fell by {b} degrees. "
+            "What was the temperature at night?"
+        )
+        x, y, op, c = str(a), str(b), "-", str(a - b)
+    elif kind == "decimal":
+        q = (
+            f"A jug holds {a}.5 liters of water. {name} pours in {b} more liters. "
+            "How many liters are in the jug now?"
+        )
+        x, y, op, c = f"{a}.5", str(b), "+", f"{a + b}.5"
+    else:  # thousands: written with a separator, as GSM8K does
+        q = (
+            f"A farm has {a},000 chickens. It buys {b},000 more. "
+            "How many chickens does the farm have now?"
+        )
+        x, y, op, c = f"{a},000", f"{b},000", "+", f"{(a + b) * 1000:,}"
+    plain = [v.replace(",", "") for v in (x, y, c)]
+    return q, f"{x} {op} {y} = <<{plain[0]}{op}{plain[1]}={plain[2]}>>{c}\n#### {c}"
+
+
+def corpus_lines(rng: random.Random, n_problems: int, n_tagged: int) -> list[str]:
+    """Pretraining documents: arithmetic facts, solved problems, tagged solutions.
+
+    Every single-digit sum and difference and the small products as equations;
+    ``n_problems`` solved problems in GSM8K's ``Question: ...\\nAnswer: ...``
+    layout; ``n_tagged`` worked solutions in the ``<reasoning>/<answer>`` markup
+    followed by ``<|im_end|>`` (all drawn with their own seed, so not the
+    train/test rows; ``\\n`` is a line break, see tunelab.models.tiny). The
+    markup stands for what a real pretrained model has seen; answering a chat
+    prompt in it is left to the finetuning.
+    """
+    lines = []
+    for a in range(1, 10):
+        for b in range(1, 10):
+            lines += [f"{a} + {b} = {a + b}.", f"{a} - {b} = {a - b}."]
+            if 2 <= a <= 5 and 2 <= b <= 5:
+                lines.append(f"{a} * {b} = {a * b}.")
+    rows = generate_problems(rng, n_problems + n_tagged)
+    for row in rows[:n_problems]:
+        reasoning, number = split_answer(row["answer"]) or ("", "")
+        lines.append(f"Question: {row['question']}\\nAnswer: {reasoning}. The answer is {number}.")
+    for row in rows[n_problems:]:
+        reasoning, number = split_answer(row["answer"]) or ("", "")
+        lines.append(
+            f"<reasoning>\\n{reasoning}\\n</reasoning>\\n<answer>\\n{number}\\n</answer><|im_end|>"
+        )
+    lines += [
+        "Respond in the following format: first the reasoning, then the answer.",
+        "Show the reasoning, then give the answer.",
+    ] * 2
+    return lines
+
+
+def generate_problems(rng: random.Random, n: int) -> list[dict[str, str]]:
+    """``n`` distinct problems as GSM8K rows (question, answer)."""
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    while len(rows) < n:
+        q, a = _problem(rng)
+        if q in seen:
+            continue
+        seen.add(q)
+        rows.append({"question": q, "answer": a})
+    return rows
+
+
+def smoke_files(rng: random.Random, n_train: int, n_test: int) -> dict[str, bytes]:
+    """train.jsonl and test.jsonl in GSM8K's layout, with a duplicate and a train/test overlap."""
+    rows = generate_problems(rng, n_train + n_test)
+    test, train = rows[:n_test], rows[n_test:]
+    train.insert(5, dict(train[2]))  # an exact duplicate: dropped by prepare
+    train.insert(9, dict(test[0]))  # a test question in train: dropped by prepare
+
+    def dump(rs: list[dict[str, str]]) -> bytes:
+        return "".join(json.dumps(r) + "\n" for r in rs).encode("utf-8")
+
+    return {"train.jsonl": dump(train), "test.jsonl": dump(test)}

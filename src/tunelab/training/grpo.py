@@ -1,0 +1,305 @@
+"""GSM8K GRPO: LoRA through TRL's GRPOTrainer, with an optional SFT warm-up first.
+
+One LoRA adapter is trained in up to two phases:
+
+1. warm-up (``train.gsm8k.warmup.enabled``): TRL's SFTTrainer on the prepared
+   ``reference`` answers (the ``<reasoning>/<answer>`` format written from the
+   worked solutions), the same recipe as tunelab.training.sft. A tiny or weak
+   base model rarely produces the format by chance; without it every
+   completion of a group gets the same reward and GRPO has nothing to learn
+   from.
+2. GRPO: TRL's GRPOTrainer samples ``num_generations`` completions per prompt
+   and scores them with tunelab.rewards. With ``beta > 0`` TRL copies the
+   adapter into a frozen "ref" adapter at the start of GRPO, so the KL term is
+   measured against the warm-up policy (or the base when there is no warm-up).
+   Rollouts come from ``model.generate`` or, when ``vllm.use_vllm`` is set,
+   from vLLM in TRL's colocate (or server) mode; with the Unsloth backend the
+   model is loaded with ``fast_inference`` and Unsloth drives vLLM itself.
+
+Checkpoints live under .tunelab/checkpoints/train/gsm8k with the params/data
+fingerprint (see tunelab.training.sft): ``warmup/`` and ``grpo/`` hold the
+trainers' checkpoints, ``warmup_adapter/`` the finished warm-up, so a rerun
+after a crash skips a completed warm-up and resumes GRPO from its newest
+checkpoint. Curves: the warm-up's dvclive run in ``<live_dir>/warmup``, GRPO's
+(each reward's mean, the total reward and its spread, the KL and completion
+lengths per step) in ``<live_dir>``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import GRPOTrainParams, SFTTrainParams
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_dir, dump_json, read_jsonl
+from tunelab.training.sft import checkpoint_dir, fingerprint, sft_config
+
+SECTION = "train.gsm8k"
+
+
+def check_vllm(params: GRPOTrainParams) -> None:
+    """Fail early, in one line, when vLLM rollouts are asked for but cannot run."""
+    if not params.vllm.use_vllm:
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise TunelabError(
+            f"{SECTION}.vllm.use_vllm",
+            "vLLM rollouts requested but vllm is not installed "
+            "(install it on a CUDA machine, or set use_vllm: false)",
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TunelabError(
+            f"{SECTION}.vllm.use_vllm", "vLLM rollouts need a CUDA GPU; set use_vllm: false"
+        )
+
+
+def warmup_params(params: GRPOTrainParams) -> SFTTrainParams:
+    """The warm-up as an SFT section, so that sft_config builds its SFTConfig.
+
+    ``model_construct``: the values are validated already (as train.gsm8k), and
+    SFT-only switches that sft_config does not read stay unset.
+    """
+    return SFTTrainParams.model_construct(
+        seed=params.seed,
+        backend=params.backend,
+        model=params.model,
+        lora=params.lora,
+        data=params.warmup.data,
+        optim=params.warmup.optim,
+        logging_steps=params.warmup.logging_steps,
+        save_steps=params.save_steps,
+    )
+
+
+def grpo_config(params: GRPOTrainParams, output_dir: Path, **overrides: Any) -> Any:
+    """GRPOConfig from params (field names as in TRL 1.14/1.15)."""
+    import torch
+    from trl import GRPOConfig
+
+    cuda = torch.cuda.is_available()
+    g, o = params.grpo, params.grpo.optim
+    kwargs = dict(
+        output_dir=str(output_dir),
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        beta=g.beta,
+        loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards,
+        num_iterations=g.num_iterations,
+        epsilon=g.epsilon,
+        mask_truncated_completions=g.mask_truncated_completions,
+        use_vllm=params.vllm.use_vllm,
+        vllm_mode=params.vllm.mode,
+        vllm_gpu_memory_utilization=params.vllm.gpu_memory_utilization,
+        learning_rate=o.learning_rate,
+        lr_scheduler_type=o.lr_scheduler_type,
+        warmup_steps=o.warmup_ratio,  # transformers 5: below 1 is a fraction of the steps
+        weight_decay=o.weight_decay,
+        per_device_train_batch_size=o.per_device_train_batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation_steps,
+        max_steps=o.max_steps,
+        num_train_epochs=o.num_train_epochs,
+        max_grad_norm=o.max_grad_norm,
+        optim=o.optim,
+        logging_steps=g.logging_steps,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=2,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=cuda and params.model.dtype == "bfloat16",
+        fp16=cuda and params.model.dtype == "float16",
+        gradient_checkpointing=False,  # the backends enable it from params.model
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
+def load_model(
+    params: GRPOTrainParams, backend: str, name_or_path: str, revision: str | None
+) -> tuple[Any, Any]:
+    """The LoRA model and tokenizer through training/backends.py."""
+    from tunelab.training.backends import load_hf, load_unsloth
+
+    if backend == "unsloth":
+        extra = {}
+        if params.vllm.use_vllm:
+            extra = {
+                "fast_inference": True,
+                "gpu_memory_utilization": params.vllm.gpu_memory_utilization,
+                "max_lora_rank": params.lora.r,
+            }
+        return load_unsloth(
+            name_or_path,
+            revision,
+            params.model,
+            params.lora,
+            params.seed,
+            params.max_seq_length,
+            extra=extra,
+        )
+    return load_hf(name_or_path, revision, params.model, params.lora, params.seed)
+
+
+def _resumable(folder: Path) -> bool:
+    return any(folder.glob("checkpoint-*"))
+
+
+def run_warmup(
+    model: Any, tokenizer: Any, params: GRPOTrainParams, records: list[dict], ckpt: Path, live_dir
+) -> dict[str, Any]:
+    """SFT on the formatted references; the finished adapter is kept in ckpt/warmup_adapter."""
+    from datasets import Dataset
+    from dvclive import Live
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers.integrations import DVCLiveCallback
+    from trl import SFTTrainer
+
+    done = ckpt / "warmup_adapter"
+    if (done / "adapter_model.safetensors").is_file():
+        set_peft_model_state_dict(model, load_file(str(done / "adapter_model.safetensors")))
+        print(f"warm-up already done: loaded {done}")
+        return {"skipped": "loaded from an earlier run's checkpoint"}
+    folder = ckpt / "warmup"
+    resumable = _resumable(folder)
+    dataset = Dataset.from_list(
+        [
+            {"messages": [*r["prompt"], {"role": "assistant", "content": r["reference"]}]}
+            for r in records
+        ]
+    )
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resumable)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(warmup_params(params), folder),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[DVCLiveCallback(live=live)],
+    )
+    result = trainer.train(resume_from_checkpoint=True if resumable else None)
+    live.end()
+    with atomic_dir(done) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "global_step": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 4),
+        "first_logged_loss": history[0]["loss"] if history else None,
+        "last_logged_loss": history[-1]["loss"] if history else None,
+        "rows": len(dataset),
+    }
+
+
+def _summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """First and last logged values of the GRPO curves worth a glance in the run card."""
+    rows = [h for h in log_history if "reward" in h]
+    if not rows:
+        return {}
+    keys = [k for k in rows[0] if k.startswith("rewards/") and k.endswith("/mean")]
+    keys += [k for k in ("reward", "reward_std", "kl", "completions/mean_length") if k in rows[0]]
+    return {
+        k: {"first": round(rows[0][k], 4), "last": round(rows[-1][k], 4)}
+        for k in keys
+        if k in rows[-1]
+    }
+
+
+def train_grpo(
+    params: GRPOTrainParams,
+    backend: str,
+    base_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    live_dir: Path,
+) -> dict[str, Any]:
+    """Warm-up (optional) then GRPO; write the adapter, tokenizer and run card to out_dir."""
+    from datasets import Dataset
+    from dvclive import Live
+    from transformers import set_seed
+    from transformers.integrations import DVCLiveCallback
+    from trl import GRPOTrainer
+
+    from tunelab import stage
+    from tunelab.models.chat import ensure_generation_template
+    from tunelab.models.loading import resolve_base
+    from tunelab.rewards import reward_functions
+    from tunelab.training.runcard import run_card
+
+    check_vllm(params)
+    inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
+    fp = fingerprint(params, inputs)
+    ckpt, _ = checkpoint_dir("train", "gsm8k", fp)
+    name_or_path, revision = resolve_base(base_dir)
+    records = read_jsonl(inputs["train"])
+    missing = [k for k in ("prompt", "target", "reference") if records and k not in records[0]]
+    if not records or missing:
+        raise TunelabError(str(inputs["train"]), f"not a prepared gsm8k file (missing {missing})")
+
+    with stage.Timer() as timer:
+        set_seed(params.seed)  # before the model and the adapter are built
+        model, tokenizer = load_model(params, backend, name_or_path, revision)
+        template_replaced = False
+        warmup: dict[str, Any] = {"enabled": params.warmup.enabled}
+        if params.warmup.enabled:
+            if params.warmup.data.assistant_only_loss:
+                template_replaced = ensure_generation_template(
+                    tokenizer, f"{name_or_path} chat template"
+                )
+            warmup |= run_warmup(model, tokenizer, params, records, ckpt, live_dir / "warmup")
+        folder = ckpt / "grpo"
+        resumable = _resumable(folder)
+        dataset = Dataset.from_list(
+            [{"prompt": r["prompt"], "target": r["target"]} for r in records]
+        )
+        live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resumable)
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward_functions(params.format, params.rewards),
+            args=grpo_config(params, folder),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[DVCLiveCallback(live=live)],
+        )
+        trainer.train(resume_from_checkpoint=True if resumable else None)
+        live.end()
+
+    card = run_card(
+        "gsm8k",
+        SECTION,
+        params,
+        inputs,
+        timer.seconds,
+        backend=backend,
+        base_model={"name_or_path": name_or_path, "revision": revision},
+        chat_template_replaced=template_replaced,
+        warmup=warmup,
+        grpo={
+            "global_step": trainer.state.global_step,
+            "resumed": resumable,
+            "prompts": len(dataset),
+            "curves": _summary(trainer.state.log_history),
+        },
+    )
+    peft_model = trainer.model
+    adapters = list(getattr(peft_model, "peft_config", {}) or {})
+    with atomic_dir(out_dir) as tmp:
+        # Only the trained adapter: TRL adds a frozen "ref" copy when beta > 0.
+        peft_model.save_pretrained(
+            tmp, safe_serialization=True, selected_adapters=["default"] if adapters else None
+        )
+        tokenizer.save_pretrained(tmp)
+        dump_json(tmp / "run_card.json", card)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return card
