@@ -59,12 +59,30 @@ def train_car_insurance(params: object) -> None:
 
 def train(scenario: str) -> None:
     from tunelab.config import load_section
+    from tunelab.errors import TunelabError
+    from tunelab.launch import inside_launch, relaunch
     from tunelab.training.backends import select_backend
 
     params = load_section(f"train.{scenario}")
     if scenario == "car_insurance":
         return train_car_insurance(params)
-    backend = select_backend(params.backend, f"train.{scenario}.backend")  # before transformers
+    launch = load_section("launch.train")
+    requested = params.backend
+    if launch.num_processes > 1:
+        if requested == "unsloth":
+            raise TunelabError(
+                f"train.{scenario}.backend",
+                "unsloth trains on one GPU; use hf (or auto) with launch.train.num_processes > 1",
+            )
+        requested = "hf"
+        if not inside_launch():
+            code = relaunch("train", scenario, launch)
+            if code:
+                raise TunelabError(
+                    f"train.{scenario}", f"accelerate launch exited with status {code}"
+                )
+            return None
+    backend = select_backend(requested, f"train.{scenario}.backend")  # before transformers
     if scenario == "gsm8k":
         return train_gsm8k(params, backend)
     from tunelab.training.sft import train_sft
@@ -77,7 +95,10 @@ def train(scenario: str) -> None:
         data_dir=Path("data/prepared") / scenario,
         out_dir=Path("adapters") / scenario,
         live_dir=Path("reports/train") / scenario,
+        launch=launch,
     )
+    if card is None:  # not the main process
+        return None
     t = card["train"]
     print(
         f"train {scenario}: backend {backend}, {t['global_step']} steps, loss "

@@ -21,8 +21,15 @@ def live_callback(live_dir: Path, resume: bool) -> tuple[Any, Any]:
     from transformers.integrations import DVCLiveCallback
 
     class StableDVCLiveCallback(DVCLiveCallback):
-        def on_log(self, args: Any, state: Any, control: Any, model: Any = None,
-                   logs: dict | None = None, **kwargs: Any) -> None:
+        def on_log(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            model: Any = None,
+            logs: dict | None = None,
+            **kwargs: Any,
+        ) -> None:
             logs = {k: v for k, v in (logs or {}).items() if not any(s in k for s in VOLATILE)}
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 

@@ -29,18 +29,27 @@ def fingerprint(params: Any, inputs: dict[str, Path]) -> str:
 
 
 def checkpoint_dir(stage_name: str, scenario: str, fp: str) -> tuple[Path, bool]:
-    """The checkpoint folder for this run and whether it holds a resumable checkpoint."""
+    """The checkpoint folder for this run and whether it holds a resumable checkpoint.
+
+    Under a multi-process launch the main process clears a stale folder and the
+    others wait for it (accelerate's PartialState barrier; a no-op alone).
+    """
+    from accelerate import PartialState
+
+    from tunelab.launch import is_main_process
+
     ckpt = CHECKPOINTS / stage_name / scenario
     marker = ckpt / "fingerprint.txt"
-    if ckpt.exists() and (not marker.is_file() or marker.read_text().strip() != fp):
-        shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fp + "\n")
+    if is_main_process():
+        if ckpt.exists() and (not marker.is_file() or marker.read_text().strip() != fp):
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fp + "\n")
+    PartialState().wait_for_everyone()
     resumable = any(ckpt.glob("checkpoint-*"))
-    if resumable:
-        print(
-            f"resuming from {max(ckpt.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[1]))}"
-        )
+    if resumable and is_main_process():
+        newest = max(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        print(f"resuming from {newest}")
     return ckpt, resumable
 
 
@@ -98,15 +107,19 @@ def train_sft(
     out_dir: Path,
     live_dir: Path,
     extra_callbacks: list[Any] | None = None,
-) -> dict[str, Any]:
+    launch: Any = None,
+) -> dict[str, Any] | None:
     """Train one scenario's adapter; write it, its tokenizer and run card to out_dir.
 
     ``extra_callbacks`` are added to the Trainer's (bench/ passes a profiler this way).
+    ``launch`` (launch.train params) states how the global batch is kept under several
+    processes; only the main process writes the adapter (the others return None).
     """
     from transformers import set_seed
     from trl import SFTTrainer
 
     from tunelab import stage
+    from tunelab.launch import effective_batch, is_main_process, world_size
     from tunelab.models.chat import ensure_generation_template
     from tunelab.models.loading import resolve_base
     from tunelab.training.backends import load_hf, load_unsloth
@@ -114,8 +127,16 @@ def train_sft(
     from tunelab.training.runcard import run_card
     from tunelab.training.throughput import ThroughputMeter
 
+    world = world_size()
+    accum, global_batch = effective_batch(
+        params.optim.per_device_train_batch_size,
+        params.optim.gradient_accumulation_steps,
+        world,
+        launch.keep_global_batch if launch is not None else True,
+        f"train.{scenario}.optim.gradient_accumulation_steps",
+    )
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
-    fp = fingerprint(params, inputs)
+    fp = f"{fingerprint(params, inputs)}-world{world}"
     ckpt, resumable = checkpoint_dir("train", scenario, fp)
     name_or_path, revision = resolve_base(base_dir)
 
@@ -144,7 +165,12 @@ def train_sft(
         trainer = SFTTrainer(
             model=model,
             # Liger's kernels on the transformers + PEFT path; Unsloth brings its own.
-            args=sft_config(params, ckpt, use_liger_kernel=params.liger_kernel and backend == "hf"),
+            args=sft_config(
+                params,
+                ckpt,
+                use_liger_kernel=params.liger_kernel and backend == "hf",
+                gradient_accumulation_steps=accum,
+            ),
             train_dataset=train_ds,
             processing_class=tokenizer,
             callbacks=[callback, *(extra_callbacks or [])],
@@ -152,6 +178,8 @@ def train_sft(
         meter = ThroughputMeter().attach(trainer)
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
         live.end()
+    if not is_main_process():
+        return None
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     card = run_card(
@@ -172,6 +200,13 @@ def train_sft(
             "train_rows": len(train_ds),
         },
         throughput=meter.summary(),
+        distributed={
+            "world_size": world,
+            "strategy": launch.strategy if launch is not None and world > 1 else "single",
+            "per_device_train_batch_size": params.optim.per_device_train_batch_size,
+            "gradient_accumulation_steps": accum,
+            "global_batch_size": global_batch,
+        },
     )
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
