@@ -12,9 +12,10 @@ A copy-modified SFT recipe (training/sft.py) for image + text conversations:
   and LM head stay frozen, as Unsloth leaves them);
 - the processor's image bounds (min/max pixels) come from params and are saved
   with the adapter, so evaluation sees images exactly as training did;
-- the data are prompt/completion pairs with their images; the loss covers the
-  completion only (TRL does not support assistant-only masks for images, and
-  the prompt is everything before the assistant's answer, so it is the same);
+- the data are prompt/completion pairs with their images, batched by TRL's
+  vision-language collator on both backends; the loss covers the completion
+  only (TRL has no assistant-only masks for images; the prompt is everything
+  before the assistant's answer, so it is the same);
 - checkpoints, fingerprint, run card and dvclive curves as in training/sft.py
   (its helpers are reused, not copied).
 """
@@ -207,7 +208,7 @@ def vl_dataset(path: Path) -> Any:
     return ds.cast_column("images", List(Image()))
 
 
-def vl_config(params: VLTrainParams, output_dir: Path, backend: str) -> Any:
+def vl_config(params: VLTrainParams, output_dir: Path) -> Any:
     """SFTConfig for image + text pairs; nothing here that params do not name."""
     import torch
     from trl import SFTConfig
@@ -245,8 +246,6 @@ def vl_config(params: VLTrainParams, output_dir: Path, backend: str) -> Any:
         gradient_checkpointing=False,  # the backends enable it from params.model
         dataloader_num_workers=0,
     )
-    if backend == "unsloth":
-        kwargs["dataset_text_field"] = ""  # as Unsloth's vision notebooks set it
     return SFTConfig(**kwargs)
 
 
@@ -282,18 +281,12 @@ def train_vl(
             model, processor = load_hf_vl(name_or_path, revision, params)
         set_image_bounds(processor, params.image)
         train_ds = vl_dataset(inputs["train"])
-        collator = None
-        if backend == "unsloth":
-            from unsloth.trainer import UnslothVisionDataCollator
-
-            collator = UnslothVisionDataCollator(model, processor)
         live, callback = live_callback(live_dir, resumable)
         trainer = SFTTrainer(
             model=model,
-            args=vl_config(params, ckpt, backend),
+            args=vl_config(params, ckpt),
             train_dataset=train_ds,
             processing_class=processor,
-            data_collator=collator,
             callbacks=[callback],
         )
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
