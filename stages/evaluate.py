@@ -82,11 +82,18 @@ def evaluate(scenario: str) -> None:
     from tunelab.data.common import prompt_of, reference_of
     from tunelab.evaluation.sft import generate, heldout_loss, text_scores
     from tunelab.io import atomic_file, read_jsonl, write_json
-    from tunelab.models.loading import load_adapter, load_causal_lm, load_tokenizer, resolve_base
+    from tunelab.models.loading import (
+        check_adapter,
+        load_adapter,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_base,
+    )
 
     adapter_dir = Path("adapters") / scenario
     records = read_jsonl(Path("data/prepared") / scenario / "val.jsonl")[: params.max_samples]
     name_or_path, revision = resolve_base(Path("models/base/text"))
+    check_adapter(adapter_dir)  # before anything is loaded: a broken adapter fails fast
     tokenizer = load_tokenizer(str(adapter_dir), None, False)  # the template used in training
     model = load_causal_lm(
         name_or_path,

@@ -58,7 +58,7 @@ def load_tokenizer(name_or_path: str, revision: str | None, trust_remote_code: b
         tok = AutoTokenizer.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise TunelabError(
             name_or_path, f"cannot load the tokenizer ({str(err).splitlines()[0]})"
         ) from None
@@ -111,10 +111,8 @@ def _default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def load_adapter(model: Any, adapter_dir: Path, is_trainable: bool = False) -> Any:
-    """Attach a saved LoRA adapter (safetensors only) to a loaded base model."""
-    from peft import PeftModel
-
+def check_adapter(adapter_dir: Path) -> None:
+    """Refuse a folder that is not a readable LoRA adapter (safetensors only)."""
     adapter_dir = Path(adapter_dir)
     weights = adapter_dir / "adapter_model.safetensors"
     if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
@@ -129,4 +127,11 @@ def load_adapter(model: Any, adapter_dir: Path, is_trainable: bool = False) -> A
             list(fh.keys())
     except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
         raise TunelabError(str(weights), f"corrupt adapter weights ({err})") from None
+
+
+def load_adapter(model: Any, adapter_dir: Path, is_trainable: bool = False) -> Any:
+    """Attach a saved LoRA adapter (safetensors only) to a loaded base model."""
+    from peft import PeftModel
+
+    check_adapter(adapter_dir)
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
