@@ -169,7 +169,15 @@ def tiny_vl_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2.5-VL + processor built by the real base-stage code, few pretraining steps."""
     from tunelab.models.tiny_vl import build_vision_base
 
-    params = section("base.vision", pretrain__steps=5, vl_align__steps=5, vl_pretrain__steps=5)
+    params = section(
+        "base.vision",
+        pretrain__steps=3,
+        pretrain__batch_size=4,
+        vl_align__steps=3,
+        vl_align__batch_size=4,
+        vl_pretrain__steps=3,
+        vl_pretrain__batch_size=4,
+    )
     lines = [ln for ln in (ROOT / params.corpus).read_text(encoding="utf-8").splitlines() if ln]
     model, processor, _ = build_vision_base(params, lines)
     out = tmp_path_factory.mktemp("base") / "vision"
