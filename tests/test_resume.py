@@ -67,6 +67,5 @@ def test_sigkill_then_repro_resumes_to_the_same_adapter(tmp_path: Path) -> None:
 
     card = json.loads((root / "adapters/alpaca/run_card.json").read_text())
     assert card["resumed"] is True and card["train"]["global_step"] == 60
-    final = json.loads((root / "reports/train/alpaca/metrics.json").read_text())
-    assert final.get("step") == json.loads(ref_metrics).get("step")
+    assert (root / "reports/train/alpaca/metrics.json").read_bytes() == ref_metrics
     assert not (root / CKPT).exists()  # removed once the adapter is written

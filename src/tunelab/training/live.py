@@ -3,7 +3,7 @@
 transformers' DVCLiveCallback logs everything the Trainer logs, wall-clock
 figures included (runtime, samples per second, FLOs); those would make two
 identical runs' metrics files differ and `dvc metrics diff` noisy, so they
-are dropped here. Curves go to <dir>/plots/metrics/*.tsv (declared as DVC
+are dropped here. Steps are the Trainer's global steps. Curves go to <dir>/plots/metrics/*.tsv (declared as DVC
 plots), summaries to <dir>/metrics.json.
 """
 
@@ -31,6 +31,9 @@ def live_callback(live_dir: Path, resume: bool) -> tuple[Any, Any]:
             **kwargs: Any,
         ) -> None:
             logs = {k: v for k, v in (logs or {}).items() if not any(s in k for s in VOLATILE)}
+            # The curve's x is the Trainer's global step, so a resumed run continues it
+            # (DVC removed the old files; dvclive alone would restart its count at 0).
+            self.live.step = state.global_step
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume)
