@@ -292,15 +292,20 @@ def build_vision_base(params: VisionBaseParams, lines: list[str]) -> tuple[Any, 
     """
     from transformers import GenerationConfig, set_seed
 
-    from tunelab.data.odometer import PROMPTS, format_answer
+    from tunelab.data.odometer import PROMPTS, format_answer, random_mileage
     from tunelab.models.tiny import pack_blocks, pretrain
 
     set_seed(params.seed)
-    # the tokenizer also sees the VL prompts and answers, so they are not split into bytes
-    vl_text = [*CARD_PROMPTS, *PROMPTS, format_answer(123_456)]
-    tok = build_tokenizer(
-        lines + vl_text, params.tokenizer.vocab_size, params.tokenizer.min_frequency
-    )
+    # The language model also reads sentences in the answer format (other
+    # mileages than the scenario's): a token pretraining never sees keeps its
+    # random, near-zero tied embedding, and a LoRA then spends its steps on
+    # making such tokens likely instead of on reading.
+    rng = random.Random(params.seed)
+    vl_text = [*CARD_PROMPTS] + [
+        f"{rng.choice(PROMPTS)}{format_answer(random_mileage(rng))}" for _ in range(100)
+    ]
+    lines = lines + vl_text
+    tok = build_tokenizer(lines, params.tokenizer.vocab_size, params.tokenizer.min_frequency)
     processor = build_processor(tok, params.image.min_pixels, params.image.max_pixels)
     model = build_vl_model(params, tok)
     losses: dict[str, list[float]] = {}
