@@ -199,15 +199,18 @@ def prepare_gsm8k(params: GSM8KPrepareParams, out: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------ smoke generator
 
 NAMES = ["Tom", "Anna", "Ben", "Lucy", "Sam", "Mia", "Jack", "Emma", "Leo", "Zoe", "Max", "Ella"]
+# The pretraining corpus draws its problems with other names: no train/test question
+# can appear in it (every template names someone).
+CORPUS_NAMES = ["Ava", "Noah", "Liam", "Nora", "Owen", "Ruby", "Finn", "Ivy", "Luke", "Rosa"]
 ITEMS = ["apples", "pens", "books", "cards", "eggs", "toys", "cups", "coins", "shells", "stamps"]
 
 
-def _problem(rng: random.Random) -> tuple[str, str]:
+def _problem(rng: random.Random, names: list[str]) -> tuple[str, str]:
     """One word problem and its GSM8K-style answer ("a + b = <<a+b=c>>c\n#### c").
 
     The worked solution is the one equation, with GSM8K's calculator annotation.
     """
-    name, friend = rng.sample(NAMES, 2)
+    name, friend = rng.sample(names, 2)
     item = rng.choice(ITEMS)
     a, b = rng.randint(1, 9), rng.randint(1, 9)
     kind = rng.choices(
@@ -236,8 +239,8 @@ def _problem(rng: random.Random) -> tuple[str, str]:
         x, y, op, c = str(a), str(b), "*", str(a * b)
     elif kind == "temperature":  # may go below zero
         q = (
-            f"The temperature was {a} degrees at noon. By night it fell by {b} degrees. "
-            "What was the temperature at night?"
+            f"The temperature in {name}'s town was {a} degrees at noon. "
+            f"By night it fell by {b} degrees. What was the temperature at night?"
         )
         x, y, op, c = str(a), str(b), "-", str(a - b)
     elif kind == "decimal":
@@ -248,7 +251,7 @@ def _problem(rng: random.Random) -> tuple[str, str]:
         x, y, op, c = f"{a}.5", str(b), "+", f"{a + b}.5"
     else:  # thousands: written with a separator, as GSM8K does
         q = (
-            f"A farm has {a},000 chickens. It buys {b},000 more. "
+            f"{name}'s farm has {a},000 chickens. The farm buys {b},000 more. "
             "How many chickens does the farm have now?"
         )
         x, y, op, c = f"{a},000", f"{b},000", "+", f"{(a + b) * 1000:,}"
@@ -273,7 +276,7 @@ def corpus_lines(rng: random.Random, n_problems: int, n_tagged: int) -> list[str
             lines += [f"{a} + {b} = {a + b}.", f"{a} - {b} = {a - b}."]
             if 2 <= a <= 5 and 2 <= b <= 5:
                 lines.append(f"{a} * {b} = {a * b}.")
-    rows = generate_problems(rng, n_problems + n_tagged)
+    rows = generate_problems(rng, n_problems + n_tagged, CORPUS_NAMES)
     for row in rows[:n_problems]:
         reasoning, number = split_answer(row["answer"]) or ("", "")
         lines.append(f"Question: {row['question']}\\nAnswer: {reasoning}. The answer is {number}.")
@@ -285,16 +288,19 @@ def corpus_lines(rng: random.Random, n_problems: int, n_tagged: int) -> list[str
     lines += [
         "Respond in the following format: first the reasoning, then the answer.",
         "Show the reasoning, then give the answer.",
+        f"{', '.join(NAMES)} and {', '.join(CORPUS_NAMES)} are friends.",
     ] * 2
     return lines
 
 
-def generate_problems(rng: random.Random, n: int) -> list[dict[str, str]]:
-    """``n`` distinct problems as GSM8K rows (question, answer)."""
+def generate_problems(
+    rng: random.Random, n: int, names: list[str] | None = None
+) -> list[dict[str, str]]:
+    """``n`` distinct problems as GSM8K rows (question, answer), people from ``names``."""
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
     while len(rows) < n:
-        q, a = _problem(rng)
+        q, a = _problem(rng, names or NAMES)
         if q in seen:
             continue
         seen.add(q)

@@ -460,6 +460,9 @@ def corpus_lines(rng: random.Random) -> list[str]:
         f"{a} plus {b} equals {a + b}."
         for a, b in ((rng.randint(1, 50), rng.randint(1, 50)) for _ in range(120))
     ]
+    from tunelab.data.gsm8k import corpus_lines as gsm8k_lines
+
+    lines += gsm8k_lines(rng, n_problems=200, n_tagged=40)  # sums, word problems, the markup
     rng.shuffle(lines)
     return lines
 
