@@ -156,15 +156,20 @@ def _resumable(folder: Path) -> bool:
 
 
 def run_warmup(
-    model: Any, tokenizer: Any, params: GRPOTrainParams, records: list[dict], ckpt: Path, live_dir
+    model: Any,
+    tokenizer: Any,
+    params: GRPOTrainParams,
+    records: list[dict],
+    ckpt: Path,
+    live_dir: Path,
 ) -> dict[str, Any]:
     """SFT on the formatted references; the finished adapter is kept in ckpt/warmup_adapter."""
     from datasets import Dataset
-    from dvclive import Live
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers.integrations import DVCLiveCallback
     from trl import SFTTrainer
+
+    from tunelab.training.live import live_callback
 
     done = ckpt / "warmup_adapter"
     if (done / "adapter_model.safetensors").is_file():
@@ -179,13 +184,13 @@ def run_warmup(
             for r in records
         ]
     )
-    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resumable)
+    live, callback = live_callback(live_dir, resumable)
     trainer = SFTTrainer(
         model=model,
         args=sft_config(warmup_params(params), folder),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[DVCLiveCallback(live=live)],
+        callbacks=[callback],
     )
     result = trainer.train(resume_from_checkpoint=True if resumable else None)
     live.end()
@@ -226,15 +231,14 @@ def train_grpo(
 ) -> dict[str, Any]:
     """Warm-up (optional) then GRPO; write the adapter, tokenizer and run card to out_dir."""
     from datasets import Dataset
-    from dvclive import Live
     from transformers import set_seed
-    from transformers.integrations import DVCLiveCallback
     from trl import GRPOTrainer
 
     from tunelab import stage
     from tunelab.models.chat import ensure_generation_template
     from tunelab.models.loading import resolve_base
     from tunelab.rewards import reward_functions
+    from tunelab.training.live import live_callback
     from tunelab.training.runcard import run_card
 
     check_vllm(params)
@@ -263,14 +267,14 @@ def train_grpo(
         dataset = Dataset.from_list(
             [{"prompt": r["prompt"], "target": r["target"]} for r in records]
         )
-        live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resumable)
+        live, callback = live_callback(live_dir, resumable)
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=reward_functions(params.format, params.rewards),
             args=grpo_config(params, folder),
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[DVCLiveCallback(live=live)],
+            callbacks=[callback],
         )
         trainer.train(resume_from_checkpoint=True if resumable else None)
         live.end()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-VOLATILE = ("runtime", "per_second", "flos")
+VOLATILE = ("runtime", "per_second", "flos", "step_time")  # step_time: GRPO's
 
 
 def live_callback(live_dir: Path, resume: bool) -> tuple[Any, Any]:
