@@ -100,8 +100,9 @@ def test_few_vl_lora_steps_then_evaluate(tiny_vl_base: Path, tmp_path: Path, mon
     assert (adapter / "adapter_model.safetensors").is_file()
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert "visual" in cfg["target_modules"] and "language_model" in cfg["target_modules"]
-    pre = json.loads((adapter / "preprocessor_config.json").read_text())
-    assert pre["size"] == {
+    # the processor's image bounds travel with the adapter (transformers 5: processor_config.json)
+    saved = json.loads((adapter / "processor_config.json").read_text())["image_processor"]
+    assert saved["size"] == {
         "shortest_edge": params.image.min_pixels,
         "longest_edge": params.image.max_pixels,
     }
