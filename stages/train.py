@@ -69,6 +69,11 @@ def train(scenario: str) -> None:
     launch = load_section("launch.train")
     requested = params.backend
     if launch.num_processes > 1:
+        if scenario == "gsm8k":
+            raise TunelabError(
+                "launch.train.num_processes",
+                "the gsm8k GRPO recipe runs in one process (not yet under accelerate launch); set 1",
+            )
         if requested == "unsloth":
             raise TunelabError(
                 f"train.{scenario}.backend",
