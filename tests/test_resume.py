@@ -67,5 +67,13 @@ def test_sigkill_then_repro_resumes_to_the_same_adapter(tmp_path: Path) -> None:
 
     card = json.loads((root / "adapters/alpaca/run_card.json").read_text())
     assert card["resumed"] is True and card["train"]["global_step"] == 60
-    assert (root / "reports/train/alpaca/metrics.json").read_bytes() == ref_metrics
+    # Per-step values (loss, grad norm, learning rate, step, epoch) match exactly. Two
+    # running totals do not survive a resume in TRL/transformers and are left out:
+    # num_tokens and the end-of-training mean loss count only the steps after the resume.
+    final = json.loads((root / "reports/train/alpaca/metrics.json").read_text())
+    ref = json.loads(ref_metrics)
+    for volatile in ("num_tokens", "train"):
+        final.pop(volatile, None)
+        ref.pop(volatile, None)
+    assert final == ref
     assert not (root / CKPT).exists()  # removed once the adapter is written
