@@ -7,6 +7,7 @@ its outputs, a no-op rerun, and a rerun after an evaluation-only change.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,15 @@ import pytest
 
 from .conftest import make_clone, sh
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # Not yet run to the end on the project machine since every scenario joined the
+    # pipeline (see the closing note): opt in with TUNELAB_E2E=1 until it has been.
+    pytest.mark.skipif(
+        os.environ.get("TUNELAB_E2E") != "1",
+        reason="end-to-end dvc repro of the whole smoke profile: set TUNELAB_E2E=1 to run it",
+    ),
+]
 TEXT_SCENARIOS = ("alpaca", "medical", "legal")
 
 
