@@ -462,7 +462,7 @@ def corpus_lines(rng: random.Random) -> list[str]:
     ]
     from tunelab.data.gsm8k import corpus_lines as gsm8k_lines
 
-    lines += gsm8k_lines(rng, n_problems=200, n_tagged=40)  # sums, word problems, the markup
+    lines += gsm8k_lines(rng, n_problems=40, n_tagged=30)  # sums, word problems, the markup
     rng.shuffle(lines)
     return lines
 
