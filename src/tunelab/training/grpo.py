@@ -184,16 +184,16 @@ def run_warmup(
             for r in records
         ]
     )
-    live, callback = live_callback(live_dir, resumable)
+    callbacks, end_live = live_callback(live_dir, resumable)
     trainer = SFTTrainer(
         model=model,
         args=sft_config(warmup_params(params), folder),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=True if resumable else None)
-    live.end()
+    end_live()
     with atomic_dir(done) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     shutil.rmtree(folder, ignore_errors=True)
@@ -267,17 +267,17 @@ def train_grpo(
         dataset = Dataset.from_list(
             [{"prompt": r["prompt"], "target": r["target"]} for r in records]
         )
-        live, callback = live_callback(live_dir, resumable)
+        callbacks, end_live = live_callback(live_dir, resumable)
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=reward_functions(params.format, params.rewards),
             args=grpo_config(params, folder),
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[callback],
+            callbacks=callbacks,
         )
         trainer.train(resume_from_checkpoint=True if resumable else None)
-        live.end()
+        end_live()
 
     card = run_card(
         "gsm8k",

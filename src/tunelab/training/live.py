@@ -9,14 +9,19 @@ plots), summaries to <dir>/metrics.json.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 VOLATILE = ("runtime", "per_second", "flos", "step_time")  # step_time: GRPO's
 
 
-def live_callback(live_dir: Path, resume: bool) -> tuple[Any, Any]:
-    """A (Live, callback) pair writing to ``live_dir`` without touching dvc.yaml."""
+def live_callback(live_dir: Path, resume: bool) -> tuple[list[Any], Callable[[], None]]:
+    """Trainer callbacks writing to ``live_dir`` (not touching dvc.yaml) and their closer.
+
+    Only the main process logs: under several processes every rank would otherwise open
+    the same dvclive folder and read the others' half-written files.
+    """
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
@@ -36,5 +41,9 @@ def live_callback(live_dir: Path, resume: bool) -> tuple[Any, Any]:
             self.live.step = state.global_step
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
+    from tunelab.launch import is_main_process
+
+    if not is_main_process():
+        return [], lambda: None
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resume)
-    return live, StableDVCLiveCallback(live=live)
+    return [StableDVCLiveCallback(live=live)], live.end

@@ -161,7 +161,7 @@ def train_sft(
                 tokenizer, f"{name_or_path} chat template"
             )
         train_ds = dataset_from(inputs["train"])
-        live, callback = live_callback(live_dir, resumable)
+        callbacks, end_live = live_callback(live_dir, resumable)
         trainer = SFTTrainer(
             model=model,
             # Liger's kernels on the transformers + PEFT path; Unsloth brings its own.
@@ -173,11 +173,11 @@ def train_sft(
             ),
             train_dataset=train_ds,
             processing_class=tokenizer,
-            callbacks=[callback, *(extra_callbacks or [])],
+            callbacks=[*callbacks, *(extra_callbacks or [])],
         )
         meter = ThroughputMeter().attach(trainer)
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
-        live.end()
+        end_live()
     if not is_main_process():
         return None
 

@@ -281,16 +281,16 @@ def train_vl(
             model, processor = load_hf_vl(name_or_path, revision, params)
         set_image_bounds(processor, params.image)
         train_ds = vl_dataset(inputs["train"])
-        live, callback = live_callback(live_dir, resumable)
+        callbacks, end_live = live_callback(live_dir, resumable)
         trainer = SFTTrainer(
             model=model,
             args=vl_config(params, ckpt),
             train_dataset=train_ds,
             processing_class=processor,
-            callbacks=[callback],
+            callbacks=callbacks,
         )
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
-        live.end()
+        end_live()
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     history = [h for h in trainer.state.log_history if "loss" in h]
