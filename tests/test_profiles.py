@@ -89,3 +89,22 @@ def test_dvc_params_diff_shows_exactly_the_profile(tmp_path: Path) -> None:
     flat_gpu, flat_smoke = leaves(overlay("gpu")), leaves(overlay("smoke"))
     expected = {k for k in flat_gpu if flat_gpu[k] != flat_smoke[k]}
     assert changed == expected
+
+
+def test_small_and_large_floats_stay_floats_for_yaml_1_1_readers(tmp_path: Path) -> None:
+    """PyYAML and DVC read 5e-06 as a string; the profile writer must add the mantissa dot."""
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "tiny_lr.yaml").write_text(
+        "train:\n  alpaca:\n    optim:\n      learning_rate: 5.0e-06\n"
+        "      weight_decay: 1.0e-10\n"
+    )
+    assert apply_profile("tiny_lr", params, profiles) == [
+        "train.alpaca.optim.learning_rate",
+        "train.alpaca.optim.weight_decay",
+    ]
+    optim = yaml.safe_load(params.read_text())["train"]["alpaca"]["optim"]
+    assert optim["learning_rate"] == 5e-06 and optim["weight_decay"] == 1e-10
+    assert load_params(params)["train.alpaca"].optim.learning_rate == 5e-06

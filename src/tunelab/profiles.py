@@ -64,6 +64,7 @@ def apply_profile(
     rt.representer.add_representer(
         type(None), lambda r, _d: r.represent_scalar("tag:yaml.org,2002:null", "null")
     )
+    rt.representer.add_representer(float, _represent_float)
     doc = rt.load(params_path.read_text(encoding="utf-8"))
     changed: list[str] = []
     _merge(doc, overlay, "", changed)
@@ -89,6 +90,19 @@ def apply_profile(
     finally:
         candidate.unlink(missing_ok=True)
     return changed
+
+
+def _represent_float(representer: Any, value: float) -> Any:
+    """Floats that YAML 1.1 readers (PyYAML, DVC) read back as floats.
+
+    Python writes 5e-06 and 1e+20, which YAML 1.1 takes for strings: its float needs a
+    dot in the mantissa, so the mantissa gets one (5.0e-06).
+    """
+    text = repr(value)
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
 
 
 def _expected(params_path: Path, overlay: dict[str, Any]) -> dict[str, Any]:
