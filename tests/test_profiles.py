@@ -98,8 +98,7 @@ def test_small_and_large_floats_stay_floats_for_yaml_1_1_readers(tmp_path: Path)
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "tiny_lr.yaml").write_text(
-        "train:\n  alpaca:\n    optim:\n      learning_rate: 5.0e-06\n"
-        "      weight_decay: 1.0e-10\n"
+        "train:\n  alpaca:\n    optim:\n      learning_rate: 5.0e-06\n      weight_decay: 1.0e-10\n"
     )
     assert apply_profile("tiny_lr", params, profiles) == [
         "train.alpaca.optim.learning_rate",
