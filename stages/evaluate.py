@@ -114,7 +114,9 @@ def evaluate(scenario: str) -> None:
                 model = load_adapter(model, adapter_dir)
                 model.eval()
             set_seed(params.seed)
-            outputs[name] = generate(model, tokenizer, prompts, params.decoding, params.batch_size)
+            outputs[name] = generate(
+                model, tokenizer, prompts, params.decoding, params.batch_size, params.generation
+            )
             results[name] = heldout_loss(model, tokenizer, convs, params.batch_size) | text_scores(
                 outputs[name], refs, params.bleu_tokenize, params.exact_match
             )

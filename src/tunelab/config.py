@@ -197,6 +197,18 @@ class DecodingParams(Section):
     repetition_penalty: PosFloat
 
 
+class GenerationEngineParams(Section):
+    """How text is generated without vLLM (tunelab.generation): evaluation and GRPO rollouts."""
+
+    engine: Literal["auto", "compiled", "generate"]  # auto: compiled on a GPU, generate on CPU
+    prompt_bucket: PosInt  # prompts left-padded to a multiple: one compiled shape per bucket
+    decode_attention: Literal["grouped", "sdpa"]  # grouped: no repeated key/value heads
+    compile_backend: Literal["inductor", "aot_eager", "eager"]
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ]
+
+
 class EvalModelParams(Section):
     load_in_4bit: bool
     dtype: Literal["float32", "bfloat16", "float16"]
@@ -209,6 +221,7 @@ class SFTEvaluateParams(Section):
     max_samples: PosInt
     batch_size: PosInt
     decoding: DecodingParams
+    generation: GenerationEngineParams
     exact_match: bool
     bleu_tokenize: Literal["13a", "zh", "char", "intl", "none"]
     num_examples: NonNegInt
@@ -352,6 +365,7 @@ class GRPOTrainParams(Section):
     warmup: WarmupParams
     grpo: GRPOParams
     vllm: VLLMParams
+    generation: GenerationEngineParams  # rollouts when vllm.use_vllm is false
     save_steps: PosInt
 
 
@@ -371,6 +385,7 @@ class GSM8KEvaluateParams(Section):
     apply_chat_template: bool
     fewshot_as_multiturn: bool
     max_gen_toks: PosInt
+    generation: GenerationEngineParams
     format: AnswerFormatParams
 
 

@@ -71,6 +71,51 @@ def write_task(folder: Path, train_file: Path, test_file: Path) -> Path:
     return path
 
 
+def lm_class(params: GSM8KEvaluateParams) -> type:
+    """lm-eval's ``hf`` model, generating through tunelab.generation's compiled engine.
+
+    With the engine resolving to ``generate`` (auto on the CPU) it is lm-eval's own
+    generation untouched. Otherwise each of lm-eval's batches (already left-padded,
+    sorted by length) goes through the static-cache compiled path, with lm-eval's own
+    stop-string criteria; the result is shaped as ``HFLM._model_generate`` returns it
+    (context + new tokens, pad after the end).
+    """
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.utils_hf import stop_sequences_criteria
+
+    from tunelab.generation import generate_new_tokens, resolve_engine
+
+    class CompiledHFLM(HFLM):
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            import torch
+
+            if resolve_engine(params.generation, self.model) != "compiled":
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            pad = self.tokenizer.pad_token_id
+            mask = generation_kwargs.pop("attention_mask", None)
+            if mask is None:
+                mask = context.ne(pad).long()
+            kwargs = dict(generation_kwargs)
+            if not kwargs.get("do_sample") and kwargs.get("temperature", 0.0) == 0.0:
+                kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            kwargs |= {"max_new_tokens": max_length - context.shape[1], "pad_token_id": pad}
+            rows = generate_new_tokens(
+                self.model,
+                context,
+                mask,
+                params.generation,
+                params.batch_size,
+                kwargs,
+                stopping=lambda width, n: stop_sequences_criteria(self.tokenizer, stop, width, n),
+            )
+            new = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=context.dtype)
+            for i, r in enumerate(rows):
+                new[i, : len(r)] = r
+            return torch.cat([context, new.to(context.device)], 1)
+
+    return CompiledHFLM
+
+
 def run_lm_eval(
     task_dir: Path,
     base: str,
@@ -96,9 +141,9 @@ def run_lm_eval(
         model_args["revision"] = revision
     if adapter is not None:
         model_args["peft"] = str(adapter)
+    lm = lm_class(params)(**model_args, batch_size=params.batch_size)
     out = simple_evaluate(
-        model="hf",
-        model_args=model_args,
+        model=lm,
         tasks=[TASK],
         num_fewshot=params.num_fewshot,
         batch_size=params.batch_size,

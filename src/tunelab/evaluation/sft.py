@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from tunelab.config import DecodingParams
+from tunelab.config import DecodingParams, GenerationEngineParams
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]|[^\W_]+", re.UNICODE)
 
@@ -95,10 +95,15 @@ def heldout_loss(
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: list[list[dict]], decoding: DecodingParams, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[dict]],
+    decoding: DecodingParams,
+    batch_size: int,
+    engine: GenerationEngineParams,
 ) -> list[str]:
-    """Batched generation with left padding; returns the decoded completions."""
-    import torch
+    """Batched generation with left padding (tunelab.generation); the decoded completions."""
+    from tunelab.generation import generate_new_tokens
 
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
@@ -112,17 +117,12 @@ def generate(
         kwargs |= {"temperature": decoding.temperature, "top_p": decoding.top_p}
     else:
         kwargs |= {"temperature": None, "top_p": None, "top_k": None}
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-            for p in prompts[start : start + batch_size]
-        ]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            device
-        )
-        with torch.no_grad():
-            out = model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1] :]
-        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return outputs
+    texts = [
+        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    new = generate_new_tokens(
+        model, enc["input_ids"], enc["attention_mask"], engine, batch_size, kwargs
+    )
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -125,6 +125,68 @@ def grpo_config(params: GRPOTrainParams, output_dir: Path, **overrides: Any) -> 
     return GRPOConfig(**kwargs)
 
 
+def rollout_trainer(params: GRPOTrainParams) -> type:
+    """GRPOTrainer whose transformers rollouts use tunelab.generation's compiled engine.
+
+    vLLM (``vllm.use_vllm``) and TRL's own paths are left as they are; with the engine
+    resolving to ``generate`` (auto on the CPU) this is TRL's plain ``generate``. The
+    whole generation batch (prompts x num_generations) is one batch; the LoRA adapter
+    stays attached, so each step samples from the current policy.
+    """
+    from trl import GRPOTrainer
+    from trl.models import unwrap_model_for_generation
+
+    from tunelab.generation import generate_new_tokens, resolve_engine
+
+    class RolloutGRPOTrainer(GRPOTrainer):
+        def _generate_single_turn(
+            self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+        ):
+            import torch
+
+            compiled = resolve_engine(params.generation, self.model) == "compiled"
+            plain_text = not any(images or []) and not multimodal_fields
+            if (
+                self.use_vllm
+                or self.use_transformers_continuous_batching
+                or not (compiled and plain_text)
+            ):
+                return super()._generate_single_turn(
+                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                )
+            pad_id = self._tokenizer.pad_token_id
+            width = max(len(p) for p in prompt_ids)
+            ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, p in enumerate(prompt_ids):
+                ids[row, width - len(p) :] = torch.tensor(p)
+                mask[row, width - len(p) :] = 1
+            device = self.accelerator.device
+            with (
+                unwrap_model_for_generation(
+                    self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs
+                ) as unwrapped,
+                self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            ):
+                rows = generate_new_tokens(
+                    unwrapped,
+                    ids.to(device),
+                    mask.to(device),
+                    params.generation,
+                    len(prompt_ids),
+                    self.generation_kwargs,
+                )
+            eos = set(self.eos_token_ids)
+            completions = []
+            for row in rows:  # up to and including the first EOS, as TRL's own path
+                tokens = row.tolist()
+                end = next((i for i, t in enumerate(tokens) if t in eos), len(tokens) - 1)
+                completions.append(tokens[: end + 1])
+            return completions, None
+
+    return RolloutGRPOTrainer
+
+
 def load_model(
     params: GRPOTrainParams, backend: str, name_or_path: str, revision: str | None
 ) -> tuple[Any, Any]:
@@ -232,7 +294,6 @@ def train_grpo(
     """Warm-up (optional) then GRPO; write the adapter, tokenizer and run card to out_dir."""
     from datasets import Dataset
     from transformers import set_seed
-    from trl import GRPOTrainer
 
     from tunelab import stage
     from tunelab.models.chat import ensure_generation_template
@@ -268,7 +329,7 @@ def train_grpo(
             [{"prompt": r["prompt"], "target": r["target"]} for r in records]
         )
         callbacks, end_live = live_callback(live_dir, resumable)
-        trainer = GRPOTrainer(
+        trainer = rollout_trainer(params)(
             model=model,
             reward_funcs=reward_functions(params.format, params.rewards),
             args=grpo_config(params, folder),

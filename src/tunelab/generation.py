@@ -1,0 +1,194 @@
+"""One generation path for GRPO rollouts and the text evaluation stages.
+
+vLLM stays the first choice for GRPO where it is installed (train.gsm8k.vllm). Without
+it, plain ``generate`` with a dynamic cache leaves a GPU mostly idle: every decode step
+launches hundreds of small kernels from Python. The ``compiled`` engine here is
+transformers' own static-cache generation with a compiled decode step
+(``torch.compile``; mode ``reduce-overhead`` replays it as a CUDA graph), plus what
+makes that work on real batches:
+
+* one compiled shape: prompts are left-padded to a multiple of ``prompt_bucket`` tokens
+  and the last batch is filled up to ``batch_size`` with copies of a real row (dropped
+  afterwards), so a whole evaluation or training run compiles once per bucket;
+* ``decode_attention: grouped``: the single-token decode step attends with the query
+  heads grouped per key/value head (one batched matmul over the cache), where
+  transformers' SDPA path, given a padding mask, first copies every key/value head
+  ``num_heads / num_kv_heads`` times (Qwen2.5-7B: 7x the cache traffic each step);
+* a LoRA adapter stays attached (PEFT's layers compile with the model), so rollouts see
+  the policy's current weights without merging and unmerging them every step.
+
+Greedy outputs are token-identical to plain ``generate`` on the CPU (tests); on a GPU,
+bf16 kernels that reduce in a different order can flip near-ties (bench/NOTES.md).
+Settings: the ``generation`` block of train.gsm8k and evaluate.<text scenario>.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from tunelab.config import GenerationEngineParams
+
+GROUPED = "tunelab_grouped"
+
+
+def resolve_engine(params: GenerationEngineParams, model: Any) -> str:
+    """``compiled`` or ``generate``: ``auto`` compiles on an accelerator, not on the CPU.
+
+    Models quantized by bitsandbytes stay on plain ``generate``: transformers does not
+    compile them (their quantizer is not compileable).
+    """
+    if params.engine != "auto":
+        return params.engine
+    quantizer = getattr(model, "hf_quantizer", None) or getattr(
+        getattr(model, "base_model", None), "hf_quantizer", None
+    )
+    if quantizer is not None and not getattr(quantizer, "is_compileable", False):
+        return "generate"
+    device = next(model.parameters()).device
+    return "compiled" if device.type == "cuda" else "generate"
+
+
+def _grouped_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Decode-step attention without repeating the key/value heads; SDPA otherwise."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    if q_len != 1 or dropout or heads % kv_heads:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    scale = scaling if scaling is not None else head_dim**-0.5
+    # Head h uses key/value head h // group (as repeat_kv lays them out).
+    q = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * scale  # batch, kv, group, keys
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[-2]]
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs, value)  # batch, kv, group, head_dim
+    return out.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None
+
+
+def _register_grouped() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(GROUPED, _grouped_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED, sdpa_mask)
+
+
+@contextmanager
+def _attention(model: Any, name: str) -> Iterator[None]:
+    """Use attention ``name`` inside the block; the previous choice comes back after it."""
+    if name == "sdpa":
+        yield
+        return
+    _register_grouped()
+    configs = [m.config for m in model.modules() if hasattr(m, "config")]
+    configs = list({id(c): c for c in configs if hasattr(c, "_attn_implementation")}.values())
+    before = [c._attn_implementation for c in configs]
+    for config in configs:
+        config._attn_implementation = GROUPED
+    try:
+        yield
+    finally:
+        for config, old in zip(configs, before, strict=True):
+            config._attn_implementation = old
+
+
+def _left_pad(ids: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int) -> tuple:
+    import torch
+
+    extra = width - ids.shape[1]
+    if extra <= 0:
+        return ids, mask
+    pad_ids = torch.full((ids.shape[0], extra), pad_id, dtype=ids.dtype, device=ids.device)
+    pad_mask = torch.zeros((mask.shape[0], extra), dtype=mask.dtype, device=mask.device)
+    return torch.cat([pad_ids, ids], 1), torch.cat([pad_mask, mask], 1)
+
+
+def generate_new_tokens(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: GenerationEngineParams,
+    batch_size: int,
+    generation_kwargs: dict[str, Any],
+    stopping: Callable[[int, int], Any] | None = None,
+) -> list[torch.Tensor]:
+    """Generate for left-padded prompts; returns each row's new tokens (EOS kept).
+
+    ``generation_kwargs`` are GenerationConfig fields (max_new_tokens, sampling, pad and
+    EOS ids, ...). ``stopping(prompt_width, rows)`` builds stopping criteria for a batch
+    (lm-eval's stop strings). Rows come back in input order, padded with pad_token_id
+    after they end exactly as ``generate`` pads them.
+    """
+    import torch
+    from transformers import CompileConfig, GenerationConfig
+
+    engine = resolve_engine(params, model)
+    pad_id = generation_kwargs["pad_token_id"]
+    kwargs = {k: v for k, v in generation_kwargs.items() if k != "cache_implementation"}
+    if engine == "compiled":
+        compile_config = CompileConfig(
+            fullgraph=False,
+            dynamic=False,
+            backend=params.compile_backend,
+            mode=params.compile_mode,
+        )
+        # transformers compiles only on accelerators unless told otherwise (CPU tests).
+        compile_config._compile_all_devices = True
+        config = GenerationConfig(
+            **kwargs,
+            cache_implementation="static",
+            compile_config=compile_config,
+            disable_compile=False,
+        )
+    else:
+        config = GenerationConfig(**kwargs, disable_compile=True)
+
+    rows = input_ids.shape[0]
+    out: list[torch.Tensor] = []
+    with (
+        torch.no_grad(),
+        _attention(model, params.decode_attention if engine == "compiled" else "sdpa"),
+    ):
+        for start in range(0, rows, batch_size):
+            ids = input_ids[start : start + batch_size]
+            mask = attention_mask[start : start + batch_size]
+            real = ids.shape[0]
+            keep = int(mask.sum(1).max())  # drop the left padding the whole batch shares
+            ids, mask = ids[:, -keep:], mask[:, -keep:]
+            if engine == "compiled":  # pad to the bucket and fill the batch: one shape
+                bucket = params.prompt_bucket
+                ids, mask = _left_pad(ids, mask, -(-keep // bucket) * bucket, pad_id)
+                if real < batch_size:  # fill the batch with copies of its first row
+                    fill = batch_size - real
+                    ids = torch.cat([ids, ids[:1].expand(fill, -1)])
+                    mask = torch.cat([mask, mask[:1].expand(fill, -1)])
+            width = ids.shape[1]
+            extra = {"stopping_criteria": stopping(width, ids.shape[0])} if stopping else {}
+            seqs = model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=config, **extra
+            )
+            out += list(seqs[:real, width:])
+    return out
