@@ -7,7 +7,6 @@ its outputs, a no-op rerun, and a rerun after an evaluation-only change.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -15,15 +14,7 @@ import pytest
 
 from .conftest import make_clone, sh
 
-pytestmark = [
-    pytest.mark.slow,
-    # Not yet run to the end on the project machine since every scenario joined the
-    # pipeline (see the closing note): opt in with TUNELAB_E2E=1 until it has been.
-    pytest.mark.skipif(
-        os.environ.get("TUNELAB_E2E") != "1",
-        reason="end-to-end dvc repro of the whole smoke profile: set TUNELAB_E2E=1 to run it",
-    ),
-]
+pytestmark = pytest.mark.slow
 TEXT_SCENARIOS = ("alpaca", "medical", "legal")
 
 
@@ -56,6 +47,26 @@ def test_tuned_beats_base_on_held_out_prompts(clone: Path) -> None:
         assert m["tuned"]["chrf"] > m["base"]["chrf"] + 10, s
     alpaca = json.loads((clone / "reports/metrics/evaluate/alpaca.json").read_text())
     assert alpaca["tuned"]["exact_match"] > alpaca["base"]["exact_match"]
+
+
+def test_gsm8k_and_car_insurance_beat_their_bases(clone: Path) -> None:
+    gsm8k = json.loads((clone / "reports/metrics/evaluate/gsm8k.json").read_text())
+    assert gsm8k["tuned"]["answer_accuracy"] > gsm8k["base"]["answer_accuracy"] + 10
+    assert gsm8k["tuned"]["format_strict"] > gsm8k["base"]["format_strict"] + 50
+    car = json.loads((clone / "reports/metrics/evaluate/car_insurance.json").read_text())
+    assert car["tuned"]["exact_match"] > car["base"]["exact_match"]
+    assert car["tuned"]["cer"] < car["base"]["cer"]
+    assert car["tuned"]["format_compliance"] > car["base"]["format_compliance"] + 50
+
+
+def test_lowrank_stages_and_report(clone: Path) -> None:
+    svd = json.loads((clone / "reports/metrics/svd/image.json").read_text())
+    als = json.loads((clone / "reports/metrics/als/synthetic.json").read_text())
+    assert svd["eckart_young_max_gap"] < 1e-10
+    assert als["test_rmse"] < als["baselines"]["biases_only_test_rmse"]
+    html = (clone / "reports/report.html").read_text(encoding="utf-8")
+    for scenario in ("alpaca", "medical", "legal", "gsm8k", "car_insurance"):
+        assert scenario in html
 
 
 def test_dvc_sees_metrics_and_plots(clone: Path) -> None:
