@@ -7,7 +7,18 @@ Uses the Qwen2.5-7B-shaped random-weight model that bench/sft_throughput.py buil
 
 * ``hf_bf16`` - plain transformers ``generate`` (dynamic KV cache), bf16;
 * ``unsloth_4bit`` / ``unsloth_bf16`` - Unsloth's FastLanguageModel in inference mode
-  (its fast path when vLLM is not installed: vLLM is not on the benchmark machine).
+  (its fast path when vLLM is not installed: vLLM is not on the benchmark machine);
+* ``tunelab_compiled`` - tunelab.generation (the path the evaluate stages and GRPO
+  rollouts take without vLLM): static cache, compiled decode step with CUDA graphs,
+  grouped-query decode attention, settings from params.yaml (evaluate.gsm8k.generation);
+  ``tunelab_compiled_sdpa`` the same with transformers' SDPA decode attention.
+
+Issue 11's settings (``--issue11``): prompts of exactly 256 tokens, 256 new tokens
+(min = max), sampling, at 48 (8 prompts x 6) and 192 sequences, for plain ``generate``
+(hf_bf16) and tunelab_compiled; then for tunelab_compiled a GRPO step end to end
+through tunelab's own trainer class (training/grpo.rollout_trainer) and a 1,319-prompt
+evaluation end to end through tunelab's lm-eval model class (evaluation/gsm8k.lm_class),
+timed whole (no extrapolation).
 
 For each path:
 
@@ -47,7 +58,129 @@ from sft_throughput import QWEN25_7B, ROOT, TINY, build_model, log  # noqa: E402
 NUM_GENERATIONS = 6
 NEW_TOKENS = 256
 GSM8K_TEST = 1319
-PATHS = ("hf_bf16", "unsloth_4bit", "unsloth_bf16")
+PATHS = ("hf_bf16", "tunelab_compiled", "tunelab_compiled_sdpa", "unsloth_4bit", "unsloth_bf16")
+PROMPT_TOKENS = 256  # issue 11's setting
+ISSUE11_SEQUENCES = (48, 192)
+
+
+def engine_params(path: str) -> Any:
+    """evaluate.gsm8k.generation from params.yaml, forced to the compiled engine.
+
+    ``TUNELAB_BENCH_COMPILE_BACKEND`` (the bench's --compile-backend) overrides the
+    backend, e.g. aot_eager for a CPU run of the code paths.
+    """
+    from tunelab.config import load_section
+
+    gen = load_section("evaluate.gsm8k", ROOT / "params.yaml").generation
+    update = {
+        "engine": "compiled",
+        "decode_attention": "sdpa" if path.endswith("_sdpa") else gen.decode_attention,
+    }
+    if os.environ.get("TUNELAB_BENCH_COMPILE_BACKEND"):
+        update["compile_backend"] = os.environ["TUNELAB_BENCH_COMPILE_BACKEND"]
+    return gen.model_copy(update=update)
+
+
+def random_prompts(tok: Any, n: int, length: int, seed: int) -> Any:
+    """n prompts of exactly ``length`` token ids (no special tokens), seeded."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    special = set(tok.all_special_ids)
+    pool = torch.tensor([i for i in range(len(tok)) if i not in special])
+    return pool[torch.randint(len(pool), (n, length), generator=g)]
+
+
+def fixed_length_rate(model: Any, tok: Any, path: str, sequences: int, new: int) -> dict:
+    """Issue 11's measurement: ``sequences`` sampled continuations of 256-token prompts.
+
+    One call generates all sequences together (8 prompts x 6 samples at 48); a first
+    call of the same shape runs untimed (compilation and CUDA graph capture, reported).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    ids = random_prompts(tok, sequences, PROMPT_TOKENS, sequences).to(device)
+    mask = torch.ones_like(ids)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": new,
+        "min_new_tokens": new,
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": None,
+        "pad_token_id": tok.pad_token_id,
+    }
+
+    def once() -> int:
+        if path.startswith("tunelab"):
+            from tunelab.generation import generate_new_tokens
+
+            rows = generate_new_tokens(model, ids, mask, engine_params(path), sequences, kwargs)
+            return sum(len(r) for r in rows)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        return (out.shape[1] - ids.shape[1]) * out.shape[0]
+
+    _sync()
+    t0 = time.perf_counter()
+    once()
+    _sync()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generated = once()
+    _sync()
+    seconds = time.perf_counter() - t0
+    return {
+        "sequences": sequences,
+        "prompt_tokens": PROMPT_TOKENS,
+        "new_tokens_per_sequence": new,
+        "generated_tokens": generated,
+        "first_call_seconds": round(first, 2),
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(generated / seconds, 1),
+    }
+
+
+def gsm8k_eval_end_to_end(path: str, model_dir: Path, work: Path, n: int, max_gen: int) -> dict:
+    """``n`` generated GSM8K problems through tunelab's lm-eval model class, timed whole."""
+    import random
+
+    from tunelab.config import load_section
+    from tunelab.data.gsm8k import generate_problems
+    from tunelab.evaluation.gsm8k import run_lm_eval, write_task
+
+    data = work / "gsm8k-eval"
+    data.mkdir(parents=True, exist_ok=True)
+    rows = generate_problems(random.Random(0), n)
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    for name in ("train.jsonl", "test.jsonl"):
+        (data / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    params = load_section("evaluate.gsm8k", ROOT / "params.yaml")
+    params = params.model_copy(
+        update={
+            "generation": engine_params(path),
+            "model": params.model.model_copy(update={"dtype": "bfloat16"}),
+            "max_samples": None,
+            "batch_size": 192,
+            "max_gen_toks": max_gen,
+        }
+    )
+    task = work / "gsm8k-task"
+    task.mkdir(exist_ok=True)
+    write_task(task, data / "train.jsonl", data / "test.jsonl")
+    t0 = time.perf_counter()
+    scores, samples = run_lm_eval(task, str(model_dir), None, None, None, params)
+    seconds = time.perf_counter() - t0
+    return {
+        "prompts": len({s["doc_id"] for s in samples}),  # lm-eval logs one row per filter
+        "batch_size": params.batch_size,
+        "max_gen_toks": max_gen,
+        "seconds_end_to_end": round(seconds, 1),
+        "note": "model load, lm-eval's request building, generation (compilation included) "
+        "and scoring; random weights rarely emit a stop string, so most rows run the full "
+        "max_gen_toks",
+    }
 
 
 def prompts_from_sample(n: int) -> list[list[dict[str, str]]]:
@@ -218,7 +351,14 @@ def grpo_steps(path: str, model_dir: Path, prompts: list, steps: int, cuda: bool
         gradient_checkpointing=not path.startswith("unsloth"),
         seed=0,
     )
-    trainer = GRPOTrainer(
+    trainer_class = GRPOTrainer
+    if path.startswith("tunelab"):  # tunelab's own GRPO trainer: compiled rollouts
+        from tunelab.config import load_section
+        from tunelab.training.grpo import rollout_trainer
+
+        grpo = load_section("train.gsm8k", ROOT / "params.yaml")
+        trainer_class = rollout_trainer(grpo.model_copy(update={"generation": engine_params(path)}))
+    trainer = trainer_class(
         model=model,
         reward_funcs=[length_reward],
         args=config,
@@ -252,6 +392,8 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     try:
         model, tok = load(path, args.model_dir, cuda)
+        if args.issue11:
+            return issue11_worker(args, path, model, tok, result, t0, cuda)
         prompts = prompts_from_sample(GSM8K_TEST)
         # warm-up: one short batch (kernels, allocator, Unsloth's first-call patches)
         generate_rate(model, tok, prompts[:8], 8, 16, True, 1)
@@ -296,6 +438,46 @@ def worker(args: argparse.Namespace) -> None:
     (args.work / f"gen-{path}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
+def issue11_worker(
+    args: argparse.Namespace, path: str, model: Any, tok: Any, result: dict, t0: float, cuda: bool
+) -> None:
+    """Issue 11: 48 and 192 sequences; for tunelab paths a GRPO step and a 1,319-prompt eval."""
+    import torch
+
+    try:
+        result["fixed_length"] = [
+            fixed_length_rate(model, tok, path, n, args.new_tokens) for n in ISSUE11_SEQUENCES
+        ]
+        if cuda:
+            result["peak_allocated_gib_generation"] = round(
+                torch.cuda.max_memory_allocated() / 2**30, 2
+            )
+        del model
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        if path.startswith("tunelab") or path == "hf_bf16":
+            if args.grpo_steps:
+                prompts = prompts_from_sample(64)
+                result["grpo_step"] = grpo_steps(
+                    path, args.model_dir, prompts, args.grpo_steps, cuda
+                )
+            if args.eval_prompts and path.startswith("tunelab"):
+                result["gsm8k_eval"] = gsm8k_eval_end_to_end(
+                    path, args.model_dir, args.work, args.eval_prompts, args.new_tokens
+                )
+        result["status"] = "ok"
+    except Exception as err:  # noqa: BLE001 - report and let the other paths run
+        result |= {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {str(err)[:2000]}",
+            "traceback": traceback.format_exc()[-4000:],
+        }
+        log(f"{path} FAILED: {type(err).__name__}: {str(err)[:300]}")
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    (args.work / f"gen-{path}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path)
@@ -307,6 +489,13 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--compile-backend", help="override params' compile_backend (CPU: aot_eager)")
+    p.add_argument(
+        "--issue11",
+        action="store_true",
+        help="256-token prompts at 48 and 192 sequences; GRPO step and --eval-prompts "
+        "GSM8K problems end to end for tunelab paths",
+    )
     p.add_argument("--tokenizer", type=Path, default=ROOT / "models" / "base" / "text")
     p.add_argument("--timeout", type=float, default=None, help="seconds per path process")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -330,6 +519,8 @@ def main() -> None:
         shlex.quote(a) for a in sys.argv[1:]
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    if args.compile_backend:
+        env["TUNELAB_BENCH_COMPILE_BACKEND"] = args.compile_backend
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     results = []
     for path in [x for x in args.paths.split(",") if x]:
@@ -339,6 +530,7 @@ def main() -> None:
         cmd += ["--model-dir", str(model_dir), "--work", str(args.work)]
         for k in ("grpo_prompts", "grpo_steps", "eval_prompts", "eval_batch", "new_tokens"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        cmd += ["--issue11"] if args.issue11 else []
         log(f"path {path}")
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(cmd, env=env, cwd=ROOT, timeout=args.timeout)
@@ -359,6 +551,11 @@ def main() -> None:
         f"\n{'path':14} {'status':7} {'GRPO gen tok/s':>15} {'GRPO s/step':>12} {'eval tok/s':>11} {'1319 s':>8}"
     )
     for r in results:
+        for f in r.get("fixed_length", []):
+            print(f"{r['path']:24} {f['sequences']:4} sequences: {f['tokens_per_second']:>9} tok/s")
+        if "gsm8k_eval" in r:
+            ev = r["gsm8k_eval"]
+            print(f"{r['path']:24} {ev['prompts']}-prompt eval: {ev['seconds_end_to_end']} s")
         g, e, s = r.get("grpo_rollout", {}), r.get("eval", {}), r.get("grpo_step", {})
         print(
             f"{r['path']:14} {r.get('status', '?'):7} {g.get('tokens_per_second', '-'):>15} "
