@@ -35,7 +35,7 @@ from typing import Any
 from tunelab.config import GRPOTrainParams, SFTTrainParams
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir, dump_json, read_jsonl
-from tunelab.training.sft import checkpoint_dir, fingerprint, sft_config
+from tunelab.training.sft import checkpoint_dir, fingerprint, sft_config, trainer_args
 
 SECTION = "train.gsm8k"
 
@@ -78,10 +78,8 @@ def warmup_params(params: GRPOTrainParams) -> SFTTrainParams:
 
 def grpo_config(params: GRPOTrainParams, output_dir: Path, **overrides: Any) -> Any:
     """GRPOConfig from params (field names as in TRL 1.14/1.15)."""
-    import torch
     from trl import GRPOConfig
 
-    cuda = torch.cuda.is_available()
     g, o = params.grpo, params.grpo.optim
     kwargs = dict(
         output_dir=str(output_dir),
@@ -98,28 +96,7 @@ def grpo_config(params: GRPOTrainParams, output_dir: Path, **overrides: Any) -> 
         use_vllm=params.vllm.use_vllm,
         vllm_mode=params.vllm.mode,
         vllm_gpu_memory_utilization=params.vllm.gpu_memory_utilization,
-        learning_rate=o.learning_rate,
-        lr_scheduler_type=o.lr_scheduler_type,
-        warmup_steps=o.warmup_ratio,  # transformers 5: below 1 is a fraction of the steps
-        weight_decay=o.weight_decay,
-        per_device_train_batch_size=o.per_device_train_batch_size,
-        gradient_accumulation_steps=o.gradient_accumulation_steps,
-        max_steps=o.max_steps,
-        num_train_epochs=o.num_train_epochs,
-        max_grad_norm=o.max_grad_norm,
-        optim=o.optim,
-        logging_steps=g.logging_steps,
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=2,
-        seed=params.seed,
-        data_seed=params.seed,
-        report_to="none",
-        use_cpu=not cuda,
-        bf16=cuda and params.model.dtype == "bfloat16",
-        fp16=cuda and params.model.dtype == "float16",
-        gradient_checkpointing=False,  # the backends enable it from params.model
-        dataloader_num_workers=0,
+        **trainer_args(o, g.logging_steps, params.save_steps, params.seed, params.model.dtype),
     )
     kwargs.update(overrides)
     return GRPOConfig(**kwargs)

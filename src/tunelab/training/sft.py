@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import SFTTrainParams
+from tunelab.config import OptimParams, SFTTrainParams
 from tunelab.io import atomic_dir, dump_json, read_jsonl, sha256_path
 
 CHECKPOINTS = Path(".tunelab/checkpoints")
@@ -59,18 +59,15 @@ def dataset_from(path: Path) -> Any:
     return Dataset.from_list([{"messages": r["messages"]} for r in read_jsonl(path)])
 
 
-def sft_config(params: SFTTrainParams, output_dir: Path, **overrides: Any) -> Any:
-    """SFTConfig from params; nothing here that params do not name (library defaults aside)."""
+def trainer_args(
+    optim: OptimParams, logging_steps: int, save_steps: int, seed: int, dtype: str
+) -> dict[str, Any]:
+    """The TrainingArguments every tunelab trainer shares (SFT, GRPO, VL), from params."""
     import torch
-    from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
-    o = params.optim
-    kwargs = dict(
-        output_dir=str(output_dir),
-        max_length=params.data.max_length,
-        packing=params.data.packing,
-        assistant_only_loss=params.data.assistant_only_loss,
+    o = optim
+    return dict(
         learning_rate=o.learning_rate,
         lr_scheduler_type=o.lr_scheduler_type,
         warmup_steps=o.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the steps
@@ -81,18 +78,33 @@ def sft_config(params: SFTTrainParams, output_dir: Path, **overrides: Any) -> An
         num_train_epochs=o.num_train_epochs,
         max_grad_norm=o.max_grad_norm,
         optim=o.optim,
-        logging_steps=params.logging_steps,
+        logging_steps=logging_steps,
         save_strategy="steps",
-        save_steps=params.save_steps,
+        save_steps=save_steps,
         save_total_limit=2,
-        seed=params.seed,
-        data_seed=params.seed,
+        seed=seed,
+        data_seed=seed,
         report_to="none",
         use_cpu=not cuda,
-        bf16=cuda and params.model.dtype == "bfloat16",
-        fp16=cuda and params.model.dtype == "float16",
+        bf16=cuda and dtype == "bfloat16",
+        fp16=cuda and dtype == "float16",
         gradient_checkpointing=False,  # the backends enable it from params.model
         dataloader_num_workers=0,
+    )
+
+
+def sft_config(params: SFTTrainParams, output_dir: Path, **overrides: Any) -> Any:
+    """SFTConfig from params; nothing here that params do not name (library defaults aside)."""
+    from trl import SFTConfig
+
+    kwargs = dict(
+        output_dir=str(output_dir),
+        max_length=params.data.max_length,
+        packing=params.data.packing,
+        assistant_only_loss=params.data.assistant_only_loss,
+        **trainer_args(
+            params.optim, params.logging_steps, params.save_steps, params.seed, params.model.dtype
+        ),
     )
     kwargs.update(overrides)
     return SFTConfig(**kwargs)

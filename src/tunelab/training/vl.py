@@ -210,11 +210,10 @@ def vl_dataset(path: Path) -> Any:
 
 def vl_config(params: VLTrainParams, output_dir: Path) -> Any:
     """SFTConfig for image + text pairs; nothing here that params do not name."""
-    import torch
     from trl import SFTConfig
 
-    cuda = torch.cuda.is_available()
-    o = params.optim
+    from tunelab.training.sft import trainer_args
+
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         max_length=params.data.max_length,
@@ -223,28 +222,9 @@ def vl_config(params: VLTrainParams, output_dir: Path) -> Any:
         completion_only_loss=True,
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
-        learning_rate=o.learning_rate,
-        lr_scheduler_type=o.lr_scheduler_type,
-        warmup_steps=o.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the steps
-        weight_decay=o.weight_decay,
-        per_device_train_batch_size=o.per_device_train_batch_size,
-        gradient_accumulation_steps=o.gradient_accumulation_steps,
-        max_steps=o.max_steps,
-        num_train_epochs=o.num_train_epochs,
-        max_grad_norm=o.max_grad_norm,
-        optim=o.optim,
-        logging_steps=params.logging_steps,
-        save_strategy="steps",
-        save_steps=params.save_steps,
-        save_total_limit=2,
-        seed=params.seed,
-        data_seed=params.seed,
-        report_to="none",
-        use_cpu=not cuda,
-        bf16=cuda and params.model.dtype == "bfloat16",
-        fp16=cuda and params.model.dtype == "float16",
-        gradient_checkpointing=False,  # the backends enable it from params.model
-        dataloader_num_workers=0,
+        **trainer_args(
+            params.optim, params.logging_steps, params.save_steps, params.seed, params.model.dtype
+        ),
     )
     return SFTConfig(**kwargs)
 
