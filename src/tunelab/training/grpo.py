@@ -112,6 +112,7 @@ def rollout_trainer(params: GRPOTrainParams) -> type:
     """
     from trl import GRPOTrainer
     from trl.models import unwrap_model_for_generation
+    from trl.trainer.utils import pad
 
     from tunelab.generation import generate_new_tokens, resolve_engine
 
@@ -131,13 +132,9 @@ def rollout_trainer(params: GRPOTrainParams) -> type:
                 return super()._generate_single_turn(
                     prompt_ids, images, multimodal_fields, num_generations, has_tool_images
                 )
-            pad_id = self._tokenizer.pad_token_id
-            width = max(len(p) for p in prompt_ids)
-            ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, p in enumerate(prompt_ids):
-                ids[row, width - len(p) :] = torch.tensor(p)
-                mask[row, width - len(p) :] = 1
+            prompts = [torch.tensor(p) for p in prompt_ids]  # left-padded, as TRL does
+            ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
+            mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
             device = self.accelerator.device
             with (
                 unwrap_model_for_generation(
