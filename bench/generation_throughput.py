@@ -383,6 +383,66 @@ def grpo_steps(path: str, model_dir: Path, prompts: list, steps: int, cuda: bool
     }
 
 
+def _generation_done(result: dict, cuda: bool) -> None:
+    """Record the generation phase's peak memory and free the cache (the caller dropped
+    its model) before a training phase loads its own."""
+    import torch
+
+    gc.collect()
+    if cuda:
+        result["peak_allocated_gib_generation"] = round(
+            torch.cuda.max_memory_allocated() / 2**30, 2
+        )
+        torch.cuda.empty_cache()
+
+
+def measure(args: argparse.Namespace, path: str, result: dict, cuda: bool) -> None:
+    """Rollout and evaluation rates on the project's sample prompts, then GRPO steps."""
+    model, tok = load(path, args.model_dir, cuda)
+    prompts = prompts_from_sample(GSM8K_TEST)
+    # warm-up: one short batch (kernels, allocator, Unsloth's first-call patches)
+    generate_rate(model, tok, prompts[:8], 8, 16, True, 1)
+    result["grpo_rollout"] = generate_rate(
+        model,
+        tok,
+        prompts[: args.grpo_prompts],
+        args.grpo_prompts,
+        args.new_tokens,
+        True,
+        NUM_GENERATIONS,
+    )
+    ev = generate_rate(
+        model, tok, prompts[: args.eval_prompts], args.eval_batch, args.new_tokens, False, 1
+    )
+    ev["extrapolated_seconds_for_1319_prompts"] = round(
+        GSM8K_TEST * args.new_tokens / ev["tokens_per_second"], 1
+    )
+    ev["note"] = f"measured on the first {args.eval_prompts} prompts; 1,319 extrapolated"
+    result["eval"] = ev
+    del model
+    _generation_done(result, cuda)
+    if args.grpo_steps:
+        result["grpo_step"] = grpo_steps(path, args.model_dir, prompts[:64], args.grpo_steps, cuda)
+
+
+def measure_issue11(args: argparse.Namespace, path: str, result: dict, cuda: bool) -> None:
+    """Issue 11: 48 and 192 sequences; for tunelab paths a GRPO step and a 1,319-prompt eval."""
+    model, tok = load(path, args.model_dir, cuda)
+    result["fixed_length"] = [
+        fixed_length_rate(model, tok, path, n, args.new_tokens) for n in ISSUE11_SEQUENCES
+    ]
+    del model
+    _generation_done(result, cuda)
+    if args.grpo_steps and (path.startswith("tunelab") or path == "hf_bf16"):
+        result["grpo_step"] = grpo_steps(
+            path, args.model_dir, prompts_from_sample(64), args.grpo_steps, cuda
+        )
+    if args.eval_prompts and path.startswith("tunelab"):
+        result["gsm8k_eval"] = gsm8k_eval_end_to_end(
+            path, args.model_dir, args.work, args.eval_prompts, args.new_tokens
+        )
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
@@ -391,81 +451,7 @@ def worker(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {"path": path}
     t0 = time.perf_counter()
     try:
-        model, tok = load(path, args.model_dir, cuda)
-        if args.issue11:
-            return issue11_worker(args, path, model, tok, result, t0, cuda)
-        prompts = prompts_from_sample(GSM8K_TEST)
-        # warm-up: one short batch (kernels, allocator, Unsloth's first-call patches)
-        generate_rate(model, tok, prompts[:8], 8, 16, True, 1)
-        result["grpo_rollout"] = generate_rate(
-            model,
-            tok,
-            prompts[: args.grpo_prompts],
-            args.grpo_prompts,
-            args.new_tokens,
-            True,
-            NUM_GENERATIONS,
-        )
-        ev = generate_rate(
-            model, tok, prompts[: args.eval_prompts], args.eval_batch, args.new_tokens, False, 1
-        )
-        ev["extrapolated_seconds_for_1319_prompts"] = round(
-            GSM8K_TEST * args.new_tokens / ev["tokens_per_second"], 1
-        )
-        ev["note"] = f"measured on the first {args.eval_prompts} prompts; 1,319 extrapolated"
-        result["eval"] = ev
-        if cuda:
-            result["peak_allocated_gib_generation"] = round(
-                torch.cuda.max_memory_allocated() / 2**30, 2
-            )
-        del model
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-        if args.grpo_steps:
-            result["grpo_step"] = grpo_steps(
-                path, args.model_dir, prompts[:64], args.grpo_steps, cuda
-            )
-        result["status"] = "ok"
-    except Exception as err:  # noqa: BLE001 - report and let the other paths run
-        result |= {
-            "status": "failed",
-            "error": f"{type(err).__name__}: {str(err)[:2000]}",
-            "traceback": traceback.format_exc()[-4000:],
-        }
-        log(f"{path} FAILED: {type(err).__name__}: {str(err)[:300]}")
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    (args.work / f"gen-{path}.json").write_text(json.dumps(result, indent=2) + "\n")
-
-
-def issue11_worker(
-    args: argparse.Namespace, path: str, model: Any, tok: Any, result: dict, t0: float, cuda: bool
-) -> None:
-    """Issue 11: 48 and 192 sequences; for tunelab paths a GRPO step and a 1,319-prompt eval."""
-    import torch
-
-    try:
-        result["fixed_length"] = [
-            fixed_length_rate(model, tok, path, n, args.new_tokens) for n in ISSUE11_SEQUENCES
-        ]
-        if cuda:
-            result["peak_allocated_gib_generation"] = round(
-                torch.cuda.max_memory_allocated() / 2**30, 2
-            )
-        del model
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-        if path.startswith("tunelab") or path == "hf_bf16":
-            if args.grpo_steps:
-                prompts = prompts_from_sample(64)
-                result["grpo_step"] = grpo_steps(
-                    path, args.model_dir, prompts, args.grpo_steps, cuda
-                )
-            if args.eval_prompts and path.startswith("tunelab"):
-                result["gsm8k_eval"] = gsm8k_eval_end_to_end(
-                    path, args.model_dir, args.work, args.eval_prompts, args.new_tokens
-                )
+        (measure_issue11 if args.issue11 else measure)(args, path, result, cuda)
         result["status"] = "ok"
     except Exception as err:  # noqa: BLE001 - report and let the other paths run
         result |= {
