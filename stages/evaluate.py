@@ -16,13 +16,22 @@ from tunelab import stage
 SCENARIOS = ("alpaca", "medical", "legal", "gsm8k", "car_insurance")
 
 
-def evaluate_gsm8k() -> None:
-    """lm-eval's gsm8k task (strict/flexible) plus the <answer> scorer, base vs tuned."""
+def write_results(scenario: str, metrics: dict, generations: list[dict]) -> None:
+    """reports/metrics/evaluate/<s>.json and reports/generations/<s>.jsonl, each atomic."""
     import json
 
+    from tunelab.io import atomic_file, write_json
+
+    write_json(Path("reports/metrics/evaluate") / f"{scenario}.json", metrics)
+    with atomic_file(Path("reports/generations") / f"{scenario}.jsonl") as fh:
+        for row in generations:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def evaluate_gsm8k() -> None:
+    """lm-eval's gsm8k task (strict/flexible) plus the <answer> scorer, base vs tuned."""
     from tunelab.config import load_section
     from tunelab.evaluation.gsm8k import evaluate_gsm8k as run
-    from tunelab.io import atomic_file, write_json
 
     params = load_section("evaluate.gsm8k")
     with stage.Timer() as timer:
@@ -32,10 +41,7 @@ def evaluate_gsm8k() -> None:
             adapter_dir=Path("adapters/gsm8k"),
             data_dir=Path("data/prepared/gsm8k"),
         )
-    write_json(Path("reports/metrics/evaluate/gsm8k.json"), metrics)
-    with atomic_file(Path("reports/generations/gsm8k.jsonl")) as fh:
-        for row in generations:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_results("gsm8k", metrics, generations)
     keys = ("strict_match", "flexible_extract", "answer_accuracy", "format_strict")
     print(
         f"evaluate gsm8k ({metrics['samples']} problems, {timer.seconds:.0f}s): "
@@ -45,11 +51,8 @@ def evaluate_gsm8k() -> None:
 
 def evaluate_car_insurance() -> None:
     """Mileage reading off held-out images: exact match, CER, format compliance, base vs tuned."""
-    import json
-
     from tunelab.config import load_section
     from tunelab.evaluation.vl import evaluate_vl
-    from tunelab.io import atomic_file, write_json
 
     params = load_section("evaluate.car_insurance")
     with stage.Timer() as timer:
@@ -59,10 +62,7 @@ def evaluate_car_insurance() -> None:
             adapter_dir=Path("adapters/car_insurance"),
             data_dir=Path("data/prepared/car_insurance"),
         )
-    write_json(Path("reports/metrics/evaluate/car_insurance.json"), metrics)
-    with atomic_file(Path("reports/generations/car_insurance.jsonl")) as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_results("car_insurance", metrics, rows)
     print(
         f"evaluate car_insurance ({metrics['samples']} images, {timer.seconds:.0f}s): "
         + "; ".join(f"{k} {metrics['base'][k]} -> {metrics['tuned'][k]}" for k in metrics["base"])
@@ -81,7 +81,7 @@ def evaluate(scenario: str) -> None:
 
     from tunelab.data.common import prompt_of, reference_of
     from tunelab.evaluation.sft import generate, heldout_loss, text_scores
-    from tunelab.io import atomic_file, read_jsonl, write_json
+    from tunelab.io import read_jsonl
     from tunelab.models.loading import (
         check_adapter,
         load_adapter,
@@ -125,18 +125,11 @@ def evaluate(scenario: str) -> None:
         "samples": len(records),
         "delta": {k: round(results["tuned"][k] - results["base"][k], 4) for k in results["base"]},
     }
-    write_json(Path("reports/metrics/evaluate") / f"{scenario}.json", metrics)
-    import json
-
-    with atomic_file(Path("reports/generations") / f"{scenario}.jsonl") as fh:
-        for p, ref, b, t in zip(prompts, refs, outputs["base"], outputs["tuned"], strict=True):
-            fh.write(
-                json.dumps(
-                    {"prompt": p[-1]["content"], "reference": ref, "base": b, "tuned": t},
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
+    generations = [
+        {"prompt": p[-1]["content"], "reference": ref, "base": b, "tuned": t}
+        for p, ref, b, t in zip(prompts, refs, outputs["base"], outputs["tuned"], strict=True)
+    ]
+    write_results(scenario, metrics, generations)
     print(
         f"evaluate {scenario} ({len(records)} prompts, {timer.seconds:.0f}s): "
         + "; ".join(f"{k} {results['base'][k]} -> {results['tuned'][k]}" for k in results["base"])
