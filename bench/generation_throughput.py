@@ -357,7 +357,9 @@ def grpo_steps(path: str, model_dir: Path, prompts: list, steps: int, cuda: bool
         from tunelab.training.grpo import rollout_trainer
 
         grpo = load_section("train.gsm8k", ROOT / "params.yaml")
-        trainer_class = rollout_trainer(grpo.model_copy(update={"generation": engine_params(path)}))
+        trainer_class = rollout_trainer(
+            grpo.model_copy(update={"generation": engine_params(path)}), "hf"
+        )
     trainer = trainer_class(
         model=model,
         reward_funcs=[length_reward],

@@ -209,6 +209,14 @@ class GenerationEngineParams(Section):
     ]
 
 
+class QuantizedGenerationParams(GenerationEngineParams):
+    """The generation block of sections that may load a bitsandbytes 4-bit model."""
+
+    # dequantize: compile on bf16 weights holding the NF4 values (evaluate: in place;
+    # GRPO: a bf16 twin of the policy, ~2 bytes/parameter more); generate: plain generate
+    quantized: Literal["dequantize", "generate"]
+
+
 class EvalModelParams(Section):
     load_in_4bit: bool
     dtype: Literal["float32", "bfloat16", "float16"]
@@ -221,7 +229,7 @@ class SFTEvaluateParams(Section):
     max_samples: PosInt
     batch_size: PosInt
     decoding: DecodingParams
-    generation: GenerationEngineParams
+    generation: QuantizedGenerationParams
     exact_match: bool
     bleu_tokenize: Literal["13a", "zh", "char", "intl", "none"]
     num_examples: NonNegInt
@@ -329,6 +337,7 @@ class GRPOParams(Section):
     scale_rewards: Literal["group", "batch", "none"]
     num_iterations: PosInt
     epsilon: PosFloat
+    epsilon_high: PosFloat  # upper clip (DAPO's "clip higher"); = epsilon for symmetric clipping
     mask_truncated_completions: bool
     optim: OptimParams
     logging_steps: PosInt
@@ -365,7 +374,7 @@ class GRPOTrainParams(Section):
     warmup: WarmupParams
     grpo: GRPOParams
     vllm: VLLMParams
-    generation: GenerationEngineParams  # rollouts when vllm.use_vllm is false
+    generation: QuantizedGenerationParams  # rollouts when vllm.use_vllm is false
     save_steps: PosInt
 
 
