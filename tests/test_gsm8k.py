@@ -236,6 +236,30 @@ def test_grpo_few_steps_hf_backend(grpo_run: dict) -> None:
     kl = (metrics / "kl.tsv").read_text().splitlines()[1].split("\t")[1]
     assert float(kl) == pytest.approx(0.0, abs=1e-6)
     assert (work / "live/warmup/plots/metrics/loss.tsv").is_file()
+    # The values the trainers ran with, read back from their args (not copied from params).
+    used = card["trainer_args"]["used"]
+    assert used["epsilon"] == 0.2 and used["epsilon_high"] == 0.2 and used["beta"] == 0.04
+    assert used["loss_type"] == "grpo" and used["num_generations"] == 4
+    assert card["trainer_args"]["changed_by_libraries"] == {}
+    assert card["warmup"]["trainer_args"]["used"]["max_steps"] == 4
+    assert card["grpo"]["rollout_engine"] == "generate"  # auto on the CPU
+
+
+def test_trainer_settings_name_what_a_library_changed() -> None:
+    """A library that rewrites a setting (as Unsloth's GRPO config does with epsilon_high
+    for dapo on a GPU; simulated here, Unsloth's CPU backend leaves TRL's config alone)."""
+    from trl import GRPOConfig
+
+    from tunelab.training.grpo import grpo_config
+    from tunelab.training.runcard import trainer_settings
+
+    config = grpo_config(section("train.gsm8k", grpo__loss_type="dapo"), Path("/tmp/x"))
+    assert isinstance(config, GRPOConfig)
+    assert trainer_settings(config)["changed_by_libraries"] == {}
+    config.epsilon_high = 0.28
+    settings = trainer_settings(config)
+    assert settings["used"]["epsilon_high"] == 0.28 and "output_dir" not in settings["used"]
+    assert settings["changed_by_libraries"] == {"epsilon_high": {"asked": 0.2, "used": 0.28}}
 
 
 @pytest.mark.slow
@@ -434,6 +458,44 @@ def test_grpo_rollouts_through_the_compiled_engine(grpo_run: dict, tmp_path: Pat
     finally:
         os.chdir(cwd)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # rollouts compiled
+    assert card["grpo"]["global_step"] == 1
+    lengths = (tmp_path / "live/plots/metrics/completions/mean_length.tsv").read_text()
+    assert 0 < float(lengths.splitlines()[1].split("\t")[1]) <= 24
+    assert (tmp_path / "adapter/adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_4bit_policy_rollouts_through_the_dequantized_twin(
+    grpo_run: dict, tmp_path: Path
+) -> None:
+    """QLoRA GRPO (bitsandbytes 4-bit, CPU kernels here): rollouts compile on the bf16 twin."""
+    import torch
+
+    from tunelab.training.grpo import train_grpo
+
+    params = section(
+        "train.gsm8k",
+        backend="hf",
+        model__load_in_4bit=True,
+        **FEW_STEPS | {"grpo__optim__max_steps": 1, "warmup__enabled": False},
+        **COMPILED,
+    )
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    torch._dynamo.utils.counters.clear()
+    try:
+        card = train_grpo(
+            params,
+            "hf",
+            base_dir=grpo_run["base"],
+            data_dir=grpo_run["work"] / "data",
+            out_dir=tmp_path / "adapter",
+            live_dir=tmp_path / "live",
+        )
+    finally:
+        os.chdir(cwd)
+    assert card["grpo"]["rollout_engine"] == "dequantized_twin"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the twin compiled
     assert card["grpo"]["global_step"] == 1
     lengths = (tmp_path / "live/plots/metrics/completions/mean_length.tsv").read_text()
     assert 0 < float(lengths.splitlines()[1].split("\t")[1]) <= 24
