@@ -119,6 +119,49 @@ TINY_VL_VISION = {
 }
 
 
+# --tiny only (the CPU): 4-bit and packing stay, but float32 and a few short steps, since a
+# bitsandbytes 4-bit step in bf16 on a CPU takes minutes even for a tiny model.
+_TINY_TRAIN = {
+    "model": {"dtype": "float32"},
+    "data": {"max_length": 256},
+    "optim": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 2},
+}
+TINY_OVERLAY = {
+    "train": {
+        "alpaca": _TINY_TRAIN,
+        "medical": _TINY_TRAIN,
+        "legal": _TINY_TRAIN,
+        "gsm8k": {
+            "model": {"dtype": "float32"},
+            "grpo": {
+                "max_completion_length": 16,
+                "optim": {
+                    "per_device_train_batch_size": 8,
+                    "gradient_accumulation_steps": 1,
+                    "max_steps": 1,
+                },
+            },
+        },
+        "car_insurance": {
+            "model": {"dtype": "float32"},
+            "optim": {
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 1,
+                "max_steps": 2,
+            },
+        },
+    },
+    "evaluate": {
+        **{
+            s: {"model": {"dtype": "float32"}, "max_samples": 4, "decoding": {"max_new_tokens": 8}}
+            for s in ("alpaca", "medical", "legal", "car_insurance")
+        },
+        "gsm8k": {"model": {"dtype": "float32"}, "max_samples": 4, "max_gen_toks": 16},
+    },
+    "lowrank": {"svd": {"lora": {"layers": [0]}}},
+}
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -550,6 +593,9 @@ def main() -> None:
     cli = [sys.executable, "-m", "tunelab.cli", "profile"]
     run([*cli, "gpu"], workdir, env, "tunelab profile gpu")
     run([*cli, "gpu-check"], workdir, env, "tunelab profile gpu-check")
+    if args.tiny:  # the scratch copy's own profile, by the same mechanism
+        (workdir / "profiles/gpu-check-tiny.yaml").write_text(json.dumps(TINY_OVERLAY))
+        run([*cli, "gpu-check-tiny"], workdir, env, "tunelab profile gpu-check-tiny")
     t = time.perf_counter()
     res = subprocess.run(
         [
