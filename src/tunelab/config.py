@@ -575,6 +575,9 @@ class LoraSpectrumParams(Section):
     layers: list[NonNegInt] | None  # decoder layers analysed; null: every layer
     top_k: Annotated[list[PosInt], Field(min_length=1)]  # energy captured by the top-k directions
     rank_rtol: OpenFraction  # singular values below rank_rtol x the largest count as zero
+    # full: SVDs of ΔW and W as they are (the demonstration); factored: ΔW's spectrum from
+    # its r x r core (QR of B and Aᵀ, exact) and W's from the eigenvalues of its Gram matrix
+    method: Literal["full", "factored"]
 
 
 class SvdParams(Section):
