@@ -361,6 +361,39 @@ def build_models(out: Path, tiny: bool) -> dict[str, Any]:
     return made
 
 
+def base_models(folder: Path, workdir: Path, env: dict[str, str], tiny: bool) -> dict[str, Any]:
+    """Build the bases into ``folder`` (or reuse them: same script, corpus, tokenizer
+    params and size), linked into the work dir where the overlay points."""
+    import hashlib
+
+    key = hashlib.sha256()
+    key.update(Path(__file__).read_bytes())
+    key.update((workdir / "data/raw/corpus/corpus.txt").read_bytes())
+    key.update(b"tiny" if tiny else b"real")
+    marker = folder / "made.json"
+    t = time.perf_counter()
+    made = json.loads(marker.read_text()) if marker.is_file() else {}
+    if made.get("key") != key.hexdigest():
+        shutil.rmtree(folder, ignore_errors=True)
+        res = subprocess.run(
+            [sys.executable, "-c", BUILD, str(folder), "tiny" if tiny else "real"],
+            cwd=workdir,  # its params.yaml (both profiles applied) and its copy of this script
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode:
+            raise SystemExit(f"error: building the base models failed:\n{res.stderr[-3000:]}")
+        made = json.loads(res.stdout.strip().splitlines()[-1]) | {"key": key.hexdigest()}
+        made["build_seconds"] = round(time.perf_counter() - t, 1)
+        marker.write_text(json.dumps(made))
+        made["reused"] = False
+    else:
+        made["reused"] = True
+    (workdir / CHECK / "models").symlink_to(folder, target_is_directory=True)
+    return made | {"seconds": round(time.perf_counter() - t, 1)}
+
+
 # ------------------------------------------------------------------ the stage graph
 
 
@@ -573,6 +606,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="the results JSON")
     parser.add_argument("--bundle", type=Path, help="bench/bundle.py's site.tar.xz, if needed")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tunelab-gpu-check"))
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=Path("/tmp/tunelab-gpu-check-models"),
+        help="where the random-weight bases go; reused by a later run of the same code",
+    )
     parser.add_argument("--jobs", type=int, default=3, help="stages run at the same time")
     parser.add_argument("--timeout", type=float, default=570, help="seconds for everything")
     parser.add_argument("--tiny", action="store_true", help="tiny models, on the CPU")
@@ -596,25 +635,8 @@ def main() -> None:
     if args.tiny:  # the scratch copy's own profile, by the same mechanism
         (workdir / "profiles/gpu-check-tiny.yaml").write_text(json.dumps(TINY_OVERLAY))
         run([*cli, "gpu-check-tiny"], workdir, env, "tunelab profile gpu-check-tiny")
-    t = time.perf_counter()
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            BUILD,
-            str(workdir / CHECK / "models"),
-            "tiny" if args.tiny else "real",
-        ],
-        cwd=workdir,  # its params.yaml (both profiles applied) and its copy of this script
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode:
-        raise SystemExit(f"error: building the base models failed:\n{res.stderr[-3000:]}")
-    models = json.loads(res.stdout.strip().splitlines()[-1])
-    models["seconds"] = round(time.perf_counter() - t, 1)
-    log(f"models built ({models['seconds']}s): {models}")
+    models = base_models(args.models.resolve(), workdir, env, args.tiny)
+    log(f"models ready ({models['seconds']}s): {models}")
 
     poller = GpuPoller()
     stages = schedule(workdir, env, args.jobs, deadline, poller)
