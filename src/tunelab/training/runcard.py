@@ -59,10 +59,12 @@ def trainer_settings(args: Any) -> dict[str, Any]:
 
     ``used``: each setting tunelab passed (from params), as the trainer holds it now;
     ``changed_by_libraries``: those whose value differs from what params asked (Unsloth,
-    for one, rewrites some GRPO settings in its config class). Output paths are left out.
+    for one, rewrites some GRPO settings in its config class). Output paths and logging
+    integrations (``report_to``, which transformers turns from "none" into []) are left out.
     """
     asked = getattr(args, ASKED, {})
-    used = {k: _plain(getattr(args, k, None)) for k in sorted(asked) if k != "output_dir"}
+    skip = {"output_dir", "report_to"}
+    used = {k: _plain(getattr(args, k, None)) for k in sorted(asked) if k not in skip}
     changed = {
         k: {"asked": _plain(asked[k]), "used": v} for k, v in used.items() if v != _plain(asked[k])
     }
