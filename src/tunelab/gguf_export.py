@@ -25,7 +25,10 @@ nothing, and are unknown to other Jinja engines (llama-cpp-python's plain Jinja2
 Simplified: text models of the Qwen2 architecture only. gguf-py quantizes to the
 types listed in ``tunelab.config.GGUF_QUANTS``; the K-quants (q4_k_m, ...) need
 llama.cpp's C++ ``llama-quantize`` on the f16 file. A vision-language model is
-refused: llama.cpp keeps its vision tower in a second (mmproj) file.
+refused: llama.cpp keeps its vision tower in a second (mmproj) file. The Qwen2
+tokenizer NFC-normalizes text first and llama.cpp does not, so text that NFC changes
+(decomposed accents) can split differently there, as with llama.cpp's own Qwen2 files.
+The packed tensors are held in memory until the file is written (the size of the file).
 """
 
 from __future__ import annotations
