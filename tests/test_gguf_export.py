@@ -397,6 +397,9 @@ def test_bad_input_one_line_each(tiny_run: Path, tmp_path: Path) -> None:
     assert export(tiny_run, "alpaca", "--quant", "q8_0") == (
         "error: --quant: applies to --format gguf only"
     )
+    assert export(tiny_run, "alpaca", "--format", "onnx") == (
+        "error: --format: unknown format 'onnx' (safetensors or gguf)"
+    )
     params = (ROOT / "params.yaml").read_text(encoding="utf-8")
     bad = tmp_path / "params.yaml"
     bad.write_text(params.replace("    quant: f16 ", "    quant: q4_k_m "), encoding="utf-8")
@@ -435,3 +438,48 @@ def test_bad_input_one_line_each(tiny_run: Path, tmp_path: Path) -> None:
         "supported: llama.cpp keeps the vision tower in a separate mmproj file, which one "
         ".gguf cannot hold"
     )
+
+
+def test_modelfile_refuses_what_it_cannot_translate(tiny_run: Path, tmp_path: Path) -> None:
+    """SYSTEM comes from the very data the adapter trained on; a non-ChatML template and an
+    unquotable system prompt are refused rather than guessed."""
+    from transformers import AutoTokenizer
+
+    from tunelab.errors import TunelabError
+    from tunelab.io import sha256_path
+    from tunelab.ollama import modelfile_text, training_system_prompt
+
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "你是医生。"},
+                {"role": "user", "content": "q"},
+            ]
+        }
+    ]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows * 2), "utf-8")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    card = {"inputs": {"train": {"path": str(data), "sha256": sha256_path(data)}}}
+    (adapter / "run_card.json").write_text(json.dumps(card))
+    assert training_system_prompt(adapter) == {"text": "你是医生。", "source": str(data)}
+    with data.open("a", encoding="utf-8") as fh:  # rows with another system prompt
+        fh.write(json.dumps({"prompt": [{"role": "system", "content": "other"}]}) + "\n")
+    with pytest.raises(TunelabError, match="changed since the adapter was trained"):
+        training_system_prompt(adapter)
+    card["inputs"]["train"]["sha256"] = sha256_path(data)
+    (adapter / "run_card.json").write_text(json.dumps(card))
+    with pytest.raises(TunelabError, match="2 different system prompts; a Modelfile has one"):
+        training_system_prompt(adapter)
+    data.unlink()
+    with pytest.raises(TunelabError, match="training data named in the run card is missing"):
+        training_system_prompt(adapter)
+
+    tok = AutoTokenizer.from_pretrained(tiny_run / "adapters/alpaca")
+    assert 'SYSTEM """say hi"""' in modelfile_text("m.gguf", tok, "say hi", "here")
+    with pytest.raises(TunelabError, match='contains """'):
+        modelfile_text("m.gguf", tok, 'say """hi"""', "here")
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(TunelabError, match="^here: the chat template is not ChatML"):
+        modelfile_text("m.gguf", tok, "say hi", "here")

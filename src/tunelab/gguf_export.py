@@ -280,6 +280,7 @@ def export_gguf(
     log: Any = print,
 ) -> dict[str, Any]:
     """Merge ``adapter_dir``, write ``<model_name>.gguf``, a Modelfile and the export card."""
+    import time
     from importlib import metadata
 
     from transformers import AutoConfig, AutoTokenizer
@@ -288,6 +289,7 @@ def export_gguf(
     from tunelab.io import atomic_dir, dump_json, sha256_path
     from tunelab.ollama import MODELFILE, modelfile_text, training_system_prompt
 
+    start = time.perf_counter()
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     check_quant(quant, "quant")
     if not adapter_dir.is_dir():
@@ -326,5 +328,6 @@ def export_gguf(
             modelfile={"file": MODELFILE, "system_prompt_from": system["source"]},
         )
         card["libraries"]["gguf"] = metadata.version("gguf")
+        card["wall_seconds"] = round(time.perf_counter() - start, 2)  # merge + conversion
         dump_json(tmp / CARD, card)
     return card
