@@ -254,6 +254,16 @@ class ExportMergeParams(Section):
     max_shard_size: str
 
 
+GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+
+
+class ExportOutputParams(Section):
+    """export.output: what `tunelab export` writes (its --format / --quant flags override)."""
+
+    format: Literal["safetensors", "gguf"]
+    quant: Literal[GGUF_QUANTS]  # the GGUF type of the matrices (tunelab.gguf_export)
+
+
 # -------------------------------------------------------------------- gsm8k (GRPO)
 
 
@@ -713,6 +723,7 @@ SECTIONS: dict[str, type[Section]] = {
     "evaluate.gsm8k": GSM8KEvaluateParams,
     "report.content": ReportContentParams,
     "export.merge": ExportMergeParams,
+    "export.output": ExportOutputParams,
     "lowrank.svd": SvdParams,
     "lowrank.als": AlsParams,
 }
