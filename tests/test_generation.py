@@ -63,11 +63,10 @@ def _trim(row: torch.Tensor, pad: int, eos: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("attention", ["grouped", "sdpa"])
-def test_compiled_greedy_matches_plain_generate_with_lora(tiny_base: Path, attention: str) -> None:
-    model, tok = _model_with_adapter(tiny_base)
-    kwargs = {
-        "max_new_tokens": 24,
+def _greedy(tok, new_tokens: int) -> dict:
+    """GenerationConfig fields for greedy decoding (sampling fields unset)."""
+    return {
+        "max_new_tokens": new_tokens,
         "do_sample": False,
         "pad_token_id": tok.pad_token_id,
         "eos_token_id": tok.eos_token_id,
@@ -75,6 +74,12 @@ def test_compiled_greedy_matches_plain_generate_with_lora(tiny_base: Path, atten
         "top_p": None,
         "top_k": None,
     }
+
+
+@pytest.mark.parametrize("attention", ["grouped", "sdpa"])
+def test_compiled_greedy_matches_plain_generate_with_lora(tiny_base: Path, attention: str) -> None:
+    model, tok = _model_with_adapter(tiny_base)
+    kwargs = _greedy(tok, 24)
     # The reference: plain generate, one batch of 2 and one of 3, dynamic cache.
     plain: list[list[int]] = []
     for chunk in (PROMPTS[:2], PROMPTS[2:]):
@@ -173,15 +178,7 @@ def test_4bit_policy_generates_compiled_through_its_dequantized_twin(tiny_base: 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
     lora.init_lora_weights = False
     policy = get_peft_model(base, lora).eval()
-    kwargs = {
-        "max_new_tokens": 16,
-        "do_sample": False,
-        "pad_token_id": tok.pad_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "temperature": None,
-        "top_p": None,
-        "top_k": None,
-    }
+    kwargs = _greedy(tok, 16)
     params = section(
         "train.gsm8k",
         generation__engine="compiled",

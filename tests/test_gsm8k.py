@@ -432,43 +432,14 @@ def test_lm_eval_through_the_compiled_engine_matches_plain_generate(grpo_run: di
 
 
 @pytest.mark.slow
-def test_grpo_rollouts_through_the_compiled_engine(grpo_run: dict, tmp_path: Path) -> None:
-    import torch
-
-    from tunelab.training.grpo import train_grpo
-
-    params = section(
-        "train.gsm8k",
-        backend="hf",
-        **FEW_STEPS | {"grpo__optim__max_steps": 1, "warmup__enabled": False},
-        **COMPILED,
-    )
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    torch._dynamo.utils.counters.clear()
-    try:
-        card = train_grpo(
-            params,
-            "hf",
-            base_dir=grpo_run["base"],
-            data_dir=grpo_run["work"] / "data",
-            out_dir=tmp_path / "adapter",
-            live_dir=tmp_path / "live",
-        )
-    finally:
-        os.chdir(cwd)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # rollouts compiled
-    assert card["grpo"]["global_step"] == 1
-    lengths = (tmp_path / "live/plots/metrics/completions/mean_length.tsv").read_text()
-    assert 0 < float(lengths.splitlines()[1].split("\t")[1]) <= 24
-    assert (tmp_path / "adapter/adapter_model.safetensors").is_file()
-
-
-@pytest.mark.slow
-def test_grpo_4bit_policy_rollouts_through_the_dequantized_twin(
-    grpo_run: dict, tmp_path: Path
+@pytest.mark.parametrize(
+    ("four_bit", "engine"), [(False, "compiled"), (True, "dequantized_twin")], ids=["bf16", "4bit"]
+)
+def test_grpo_rollouts_through_the_compiled_engine(
+    grpo_run: dict, tmp_path: Path, four_bit: bool, engine: str
 ) -> None:
-    """QLoRA GRPO (bitsandbytes 4-bit, CPU kernels here): rollouts compile on the bf16 twin."""
+    """Compiled rollouts; a 4-bit (QLoRA, bitsandbytes CPU kernels) policy samples from its
+    dequantized bf16 twin."""
     import torch
 
     from tunelab.training.grpo import train_grpo
@@ -476,7 +447,7 @@ def test_grpo_4bit_policy_rollouts_through_the_dequantized_twin(
     params = section(
         "train.gsm8k",
         backend="hf",
-        model__load_in_4bit=True,
+        model__load_in_4bit=four_bit,
         **FEW_STEPS | {"grpo__optim__max_steps": 1, "warmup__enabled": False},
         **COMPILED,
     )
@@ -494,8 +465,8 @@ def test_grpo_4bit_policy_rollouts_through_the_dequantized_twin(
         )
     finally:
         os.chdir(cwd)
-    assert card["grpo"]["rollout_engine"] == "dequantized_twin"
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the twin compiled
+    assert card["grpo"]["rollout_engine"] == engine
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # rollouts compiled
     assert card["grpo"]["global_step"] == 1
     lengths = (tmp_path / "live/plots/metrics/completions/mean_length.tsv").read_text()
     assert 0 < float(lengths.splitlines()[1].split("\t")[1]) <= 24
