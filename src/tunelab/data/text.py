@@ -102,11 +102,16 @@ def implausible_detail(text: str) -> str:
 
 
 def guess_encoding(data: bytes) -> str | None:
-    """charset-normalizer's best guess for ``data`` (None: it has none)."""
+    """charset-normalizer's best guess for ``data`` (None: none), if it is a multi-byte
+    codec or its text reads as some language: a single-byte code page that merely
+    decodes a damaged file, in no language, would mislead."""
     from charset_normalizer import from_bytes
+    from charset_normalizer.utils import is_multi_byte_encoding
 
     best = from_bytes(data).best()
-    return best.encoding if best else None
+    if best and (best.coherence > 0 or is_multi_byte_encoding(best.encoding)):
+        return best.encoding
+    return None
 
 
 def _norm(name: str, param: str) -> str:
