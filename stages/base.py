@@ -29,16 +29,12 @@ def build_text() -> None:
 
     from transformers import GenerationConfig, set_seed
 
-    from tunelab.errors import TunelabError
+    from tunelab.data.text import read_corpus
     from tunelab.models.chat import END_OF_TEXT, IM_END
     from tunelab.models.tiny import build_model, pack_blocks, pretrain, train_tokenizer
 
     corpus = Path(params.corpus)
-    if not corpus.is_file():
-        raise TunelabError(str(corpus), "corpus file not found")
-    lines = [ln for ln in corpus.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not lines:
-        raise TunelabError(str(corpus), "corpus is empty")
+    lines = read_corpus(corpus)
     with stage.Timer() as timer:
         set_seed(params.seed)
         tokenizer = train_tokenizer(
@@ -94,15 +90,11 @@ def build_vision() -> None:
         print(f"base vision: {params.pretrained} (revision {params.revision})")
         return
 
-    from tunelab.errors import TunelabError
+    from tunelab.data.text import read_corpus
     from tunelab.models.tiny_vl import build_vision_base
 
     corpus = Path(params.corpus)
-    if not corpus.is_file():
-        raise TunelabError(str(corpus), "corpus file not found")
-    lines = [ln for ln in corpus.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not lines:
-        raise TunelabError(str(corpus), "corpus is empty")
+    lines = read_corpus(corpus)
     with stage.Timer() as timer:
         model, processor, losses = build_vision_base(params, lines)
     with atomic_dir(out) as tmp:

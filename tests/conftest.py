@@ -69,8 +69,14 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_module(
     args: list[str], cwd: Path, env: dict | None = None, timeout: int = 900
 ) -> subprocess.CompletedProcess:
-    """Run `python -m ...` in cwd with the test interpreter."""
+    """Run `python -m ...` in cwd with the test interpreter.
+
+    A PYTHONPATH in ``env`` is put before the one this process has (which may name the
+    checkout's src/ ahead of an editable install elsewhere).
+    """
     full_env = {**os.environ, **(env or {})}
+    if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+        full_env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], os.environ["PYTHONPATH"]])
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=cwd,

@@ -49,6 +49,7 @@ def workbook(
 
 
 def params(xlsx: Path, **overrides: object) -> object:
+    overrides.setdefault("image_dir", str(xlsx.parent))
     return section("prepare.car_insurance", source=str(xlsx), **overrides)
 
 
@@ -317,3 +318,49 @@ def test_generated_dashboards_are_small_and_readable_sized() -> None:
 
     img = render_odometer(123_456, random.Random(0))
     assert img.size == (224, 84) and img.mode == "RGB"
+
+
+# ------------------------------------------------------------------ issue 17
+
+
+def test_windows_separators_formulas_and_the_image_folder(tmp_path: Path) -> None:
+    """images\\x.png (a workbook made on Windows) is found; a formula cell never computed
+    is its own reason, not an empty answer; image paths resolve in image_dir."""
+    xlsx = workbook(
+        tmp_path / "sheet",
+        [
+            row("images\\ok.png"),
+            row("images/ok.png", answer='="里程数："&"1 公里"'),
+            row("images/ok.png", answer=""),
+            row("\\\\server\\share\\x.png"),
+        ],
+    )
+    (tmp_path / "pics/images").mkdir(parents=True)
+    (tmp_path / "pics/images/ok.png").write_bytes(png((112, 56)))
+    records, card = prepare_car_insurance(params(xlsx, image_dir=str(tmp_path / "pics")))
+    assert [r["meta"]["image_source"] for r in records] == ["images\\ok.png"]
+    assert dict(card.dropped) == {"uncomputed_formula": 1, "empty_answer": 1, "path_escape": 1}
+    entry = card.to_dict(records, [])["inputs"][str(xlsx)]
+    assert entry["rows_dropped"] == dict(card.dropped) and entry["rows_read"] == 4
+    with pytest.raises(TunelabError) as err:
+        prepare_car_insurance(params(xlsx, image_dir=str(tmp_path / "pics"), strict=True))
+    assert str(err.value) == (
+        f"{xlsx} row 3: a formula cell has no computed value (open and save the workbook in a "
+        'spreadsheet application) (\'标准答案\' cell C3: ="里程数："&"1 公里")'
+    )
+
+
+def test_strict_unreadable_image_names_the_file_not_a_bytesio(tmp_path: Path) -> None:
+    xlsx = workbook(tmp_path, [row("bad.jpg")], files={"bad.jpg": b"not an image at all"})
+    with pytest.raises(TunelabError) as err:
+        prepare_car_insurance(params(xlsx, strict=True))
+    assert "BytesIO" not in str(err.value) and "0x" not in str(err.value)
+    assert str(err.value).startswith(f"{xlsx} row 2: the image cannot be decoded (")
+    assert str(err.value).endswith("; bad.jpg)")
+
+
+def test_all_missing_columns_are_named(tmp_path: Path) -> None:
+    xlsx = workbook(tmp_path, [row("ok.png")], files={"ok.png": png((112, 56))})
+    with pytest.raises(TunelabError) as err:
+        prepare_car_insurance(params(xlsx, columns__answer="答案", columns__image="照片"))
+    assert "missing columns '照片' (columns.image), '答案' (columns.answer)" in str(err.value)

@@ -130,3 +130,41 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     path.write_text("base: !!python/object/apply:os.system ['echo pwned']\n", encoding="utf-8")
     with pytest.raises(TunelabError, match="invalid YAML"):
         load_params(path)
+
+
+def test_a_renamed_key_shows_every_error_unknown_first_with_a_suggestion(tmp_path: Path) -> None:
+    data = params_dict()
+    lora = data["train"]["alpaca"]["lora"]
+    lora["rank"] = lora.pop("r")
+    data["train"]["alpaca"]["optim"]["learning_rate"] = -1.0
+    data["train"]["alpaca"]["max_stpes"] = 3
+    with pytest.raises(TunelabError) as err:
+        load_section("train.alpaca", write(tmp_path, data))
+    text = str(err.value)
+    assert "\n" not in text
+    parts = text.split(": ", 1)[1].split("; ")
+    assert parts[0] == "train.alpaca.lora.rank: unknown key (did you mean 'r'?)", text
+    assert parts[1] == "train.alpaca.max_stpes: unknown key (did you mean 'max_length'?)" or (
+        "train.alpaca.max_stpes: unknown key" in parts[1]
+    )
+    assert "train.alpaca.lora.r: missing key" in parts[2:]
+    assert any(
+        p.startswith("train.alpaca.optim.learning_rate: Input should be greater than 0")
+        for p in parts
+    )
+
+
+def test_an_added_key_and_an_unknown_section_get_close_matches(tmp_path: Path) -> None:
+    data = params_dict()
+    data["train"]["alpaca"]["lora"]["rank"] = 16  # dvc exp run -S +train.alpaca.lora.rank=16
+    with pytest.raises(
+        TunelabError, match=r"train.alpaca.lora.rank: unknown key \(did you mean 'r'\?\)$"
+    ):
+        load_section("train.alpaca", write(tmp_path, data))
+    data = params_dict()
+    data["trian"] = {}
+    data["prepare"]["alpacca"] = {}
+    with pytest.raises(TunelabError) as err:
+        load_params(write(tmp_path, data))
+    assert "trian: unknown key (did you mean 'train'?)" in str(err.value)
+    assert "prepare.alpacca: unknown key (did you mean 'alpaca'?)" in str(err.value)

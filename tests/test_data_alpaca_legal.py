@@ -38,9 +38,17 @@ def test_alpaca_json_and_jsonl_give_the_same_records(tmp_path: Path) -> None:
     [
         ("", "a.json", "file is empty"),
         ('[{"instruction": "x", "output": "y"},', "a.json line 1", "invalid JSON"),
-        ('[{"instruction": "x"}]', "a.json row 0", "missing key 'output'"),
-        ('[{"instruction": "x", "output": 3}]', "a.json row 0", "'output' must be a string"),
-        ('["just a string"]', "a.json row 0", "expected an object"),
+        ('[{"instruction": "x"}]', "a.json record 1", "missing key 'output'"),
+        ('[{"instruction": "x", "output": 3}]', "a.json record 1", "'output' must be a string"),
+        ('["just a string"]', "a.json record 1", "expected an object"),
+        ('[{"instruction": "x", "output": "y"}, {}]', "a.json record 2", "missing keys"),
+        (
+            '{"instruction": "x",\n "output": "y"}',
+            "a.json",
+            "found a JSON object (keys: instruction, output)",
+        ),
+        ('{"data": [{"instruction": "x", "output": "y"}]}', "a.json", "the list under 'data'"),
+        ('{"instruction": "x", "output": "y"}\n{"instruction": ', "a.json line 2", "invalid JSON"),
     ],
 )
 def test_alpaca_malformed(tmp_path: Path, content: str, where: str, message: str) -> None:
@@ -117,4 +125,43 @@ def test_real_legal_files() -> None:
 def test_legal_malformed_counsel(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "c.json").write_text(content)
     with pytest.raises(TunelabError, match=message):
-        legal(exam_source=None, counsel_source=str(tmp_path / "c.json"))
+        legal(
+            exam_source=str(ROOT / "data/raw/legal/judicial_exam.json"),
+            counsel_source=str(tmp_path / "c.json"),
+        )
+
+
+def test_real_exam_file_with_input_output_type_records(tmp_path: Path) -> None:
+    """Judicial-exam records shaped {input, output, type} (no instruction) read through
+    params.prepare.legal.exam_fields; without the map the error names what it found."""
+    exam = json.loads(shared_dataset("legal", "judical_examination.json").read_text("utf-8"))
+    rows = [{"input": r[0]["instruction"], "output": r[0]["output"], "type": "exam"} for r in exam]
+    path = tmp_path / "exam.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    counsel = str(ROOT / "data/raw/legal/counsel_with_articles.json")
+    with pytest.raises(TunelabError) as err:
+        legal(exam_source=str(path), counsel_source=counsel)
+    assert f"{path} record 1: missing key 'instruction' (keys found: input, output, type" in str(
+        err.value
+    )
+    fields = {"instruction": "input", "input": None, "output": "output"}
+    records, card = legal(
+        exam_source=str(path), counsel_source=counsel, exam_fields=fields, max_chars=100000
+    )
+    exam_records = [r for r in records if r["meta"]["kind"] == "exam"]
+    assert card.inputs[str(path)].rows_read == 2000 and len(exam_records) > 1900
+    assert exam_records[0]["messages"][1]["content"] == rows[0]["input"].strip()
+
+
+def test_alpaca_field_map_and_control_characters(tmp_path: Path) -> None:
+    rows = [{"prompt": "Say\x00 hi.", "answer": "hi\x07"}, {"prompt": "Echo.", "answer": "x"}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fields = {"instruction": "prompt", "input": None, "output": "answer"}
+    records, card = alpaca(tmp_path / "a.jsonl", fields=fields)
+    assert records[0]["messages"][1:] == [
+        {"role": "user", "content": "Say hi."},
+        {"role": "assistant", "content": "hi"},
+    ]
+    entry = card.to_dict(records, [])["inputs"][str(tmp_path / "a.jsonl")]
+    assert entry["rows_cleaned"] == {"control_characters": 1}
+    assert entry["control_characters_removed"] == 2

@@ -53,6 +53,40 @@ def test_split_answer_strips_annotations_and_reads_the_final_number() -> None:
     assert split_answer("a\n#### eighteen") is None
 
 
+def test_long_numbers_are_exact_and_other_digits_are_noted(tmp_path: Path) -> None:
+    """A 40-digit decimal stays exact (no 28-digit Decimal context); 29+ digit integers
+    raise nothing; full-width and Arabic-Indic answers become ASCII, counted in the card."""
+    forty = "1234567890123456789012345678901234567.891"
+    assert split_answer(f"a\n#### {forty}")[1] == forty
+    assert (
+        split_answer("a\n#### 123456789012345678901234567890")[1]
+        == "123456789012345678901234567890"
+    )
+    assert split_answer("a\n#### 0012.500")[1] == "12.5"
+    assert split_answer("a\n#### -0.00")[1] == "0"
+    rows = [
+        {"question": "Full-width?", "answer": "x\n#### １,０８０"},
+        {"question": "Arabic-Indic?", "answer": "x\n#### ٣٫٥"},
+        {"question": "Long?", "answer": f"x\n#### {forty}"},
+        {"question": "NUL\u0000?", "answer": "x\n#### 7"},
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text(json.dumps({"question": "t", "answer": "#### 1"}) + "\n")
+    card = prepare_smoke(
+        tmp_path / "out",
+        train_source=str(tmp_path / "train.jsonl"),
+        test_source=str(tmp_path / "test.jsonl"),
+    )
+    train = read_jsonl(tmp_path / "out/train.jsonl")
+    assert [r["target"] for r in train] == ["1080", "3.5", forty, "7"]
+    assert train[0]["answer"].endswith("#### 1,080") and train[1]["answer"].endswith("#### 3.5")
+    assert train[3]["question"] == "NUL?"
+    assert card["answers"]["train"]["non_ascii_digits"] == 2
+    entry = card["inputs"][str(tmp_path / "train.jsonl")]
+    assert entry["rows_cleaned"] == {"control_characters": 1, "non_ascii_digits": 2}
+    assert entry["encoding"] == "utf-8" and entry["rows_read"] == 4
+
+
 def test_prepare_smoke_data(tmp_path: Path) -> None:
     card = prepare_smoke(tmp_path / "gsm8k")
     train = read_jsonl(tmp_path / "gsm8k/train.jsonl")

@@ -8,6 +8,9 @@ validates the whole file (``tunelab params check``).
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -97,36 +100,60 @@ class SplitParams(Section):
     seed: int
 
 
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class InstructionFieldsParams(Section):
+    """Field names of instruction / input / output records (input: null when there is none)."""
+
+    instruction: NonEmptyStr
+    input: NonEmptyStr | None
+    output: NonEmptyStr
+
+
 class AlpacaPrepareParams(Section):
-    source: str
+    source: NonEmptyStr  # a DVC dependency (dvc.yaml templates it from here)
+    fields: InstructionFieldsParams
     system_prompt: str
     max_chars: PosInt
     split: SplitParams
 
 
+class MedicalColumnsParams(Section):
+    """CSV header names; department and title may be null when the files have no such column."""
+
+    department: NonEmptyStr | None
+    title: NonEmptyStr | None
+    ask: NonEmptyStr
+    answer: NonEmptyStr
+
+
 class MedicalPrepareParams(Section):
-    source: str
+    source: NonEmptyStr  # a folder of CSVs (a DVC dependency)
     encodings: Annotated[list[str], Field(min_length=1)]
-    columns: Annotated[list[str], Field(min_length=4, max_length=4)]
+    max_mess: PosFloat  # charset-normalizer mess ratio above which a decode is implausible
+    columns: MedicalColumnsParams
     system_prompt: str
     max_chars: PosInt
     include_title: bool
     split: SplitParams
 
 
+class CounselFieldsParams(Section):
+    query: NonEmptyStr
+    laws: NonEmptyStr | None  # null: the records cite no articles
+    response: NonEmptyStr
+
+
 class LegalPrepareParams(Section):
-    exam_source: str | None
-    counsel_source: str | None
+    exam_source: NonEmptyStr  # both are DVC dependencies (dvc.yaml templates them from here)
+    counsel_source: NonEmptyStr
+    exam_fields: InstructionFieldsParams
+    counsel_fields: CounselFieldsParams
     system_prompt: str
     include_articles: bool
     max_chars: PosInt
     split: SplitParams
-
-    @model_validator(mode="after")
-    def _some_source(self) -> LegalPrepareParams:
-        if not (self.exam_source or self.counsel_source):
-            raise ValueError("at least one of exam_source / counsel_source is needed")
-        return self
 
 
 # -------------------------------------------------------------------------- train
@@ -279,11 +306,17 @@ def _check_regex(pattern: str, groups: int | None = None) -> str:
     return pattern
 
 
+class QAFieldsParams(Section):
+    question: NonEmptyStr
+    answer: NonEmptyStr
+
+
 class GSM8KPrepareParams(Section):
     """prepare.gsm8k: GSM8K-format JSONL -> GRPO prompts with the numeric answer."""
 
-    train_source: str
-    test_source: str
+    train_source: NonEmptyStr
+    test_source: NonEmptyStr
+    fields: QAFieldsParams
     system_prompt: str
     user_template: str
     reference_template: str
@@ -501,7 +534,8 @@ class ImageCheckParams(PixelBoundsParams):
 class CarInsurancePrepareParams(Section):
     """prepare.car_insurance: an .xlsx of image + prompt + expected answer rows."""
 
-    source: str
+    source: NonEmptyStr  # the workbook
+    image_dir: NonEmptyStr  # image paths in the sheet are relative to it and must stay inside
     sheet: str | None  # None: the first sheet
     columns: XlsxColumnsParams
     default_prompt: str  # used where a row's prompt cell is empty
@@ -751,20 +785,62 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _format_error(path: Path, prefix: str, err: ValidationError) -> TunelabError:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "")
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (not a parameter of this section)"
-    elif first["type"] == "missing":
-        msg = "missing key"
-    elif "input" in first and not isinstance(first["input"], dict | list):
-        msg = f"{msg} (got {first['input']!r})"
-    more = len(err.errors()) - 1
-    if more:
-        msg += f" [+{more} more]"
-    return TunelabError(f"{path}: {loc}", msg)
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The Section class that holds the mapping at ``loc`` (None: not a Section there)."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        candidates = [field.annotation]
+        while candidates:
+            ann = candidates.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+                break
+            if isinstance(ann, types.UnionType) or typing.get_origin(ann) in (typing.Union,):
+                candidates += list(typing.get_args(ann))
+        else:
+            return None
+    return model
+
+
+def suggest(key: str, known: list[str], likely: list[str] | None = None) -> str:
+    """' (did you mean 'x'?)' for the closest known name, or ''.
+
+    ``likely`` (names missing beside the unknown one: a rename) are tried first with no
+    cutoff; then difflib's close matches among all known names.
+    """
+    if likely:
+        return f" (did you mean {difflib.get_close_matches(key, likely, n=1, cutoff=0.0)[0]!r}?)"
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.4)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _format_error(
+    path: Path, prefix: str, err: ValidationError, model: type[BaseModel]
+) -> TunelabError:
+    """Every error of the section on one line: unknown keys first (with a suggestion), then
+    missing keys and bad values, each as ``<dotted key>: <what>``, joined by ``; ``."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    missing = [tuple(e["loc"]) for e in errors if e["type"] == "missing"]
+    parts = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in (prefix, *loc) if p != "")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            known = list(parent.model_fields) if parent else []
+            siblings = [m[-1] for m in missing if m[:-1] == loc[:-1]]
+            msg = "unknown key" + (suggest(str(loc[-1]), known, siblings) if known else "")
+        elif e["type"] == "missing":
+            msg = "missing key"
+        elif "input" in e and not isinstance(e["input"], dict | list):
+            msg = f"{msg} (got {e['input']!r})"
+        parts.append((dotted, msg))
+    first, *rest = parts
+    message = "; ".join([first[1], *(f"{k}: {m}" for k, m in rest)])
+    return TunelabError(f"{path}: {first[0]}", message)
 
 
 def _lookup(data: dict[str, Any], dotted: str, path: Path) -> Any:
@@ -784,7 +860,7 @@ def load_section(name: str, path: Path = PARAMS_FILE) -> Any:
     try:
         return SECTIONS[name].model_validate(raw)
     except ValidationError as err:
-        raise _format_error(path, name, err) from None
+        raise _format_error(path, name, err, SECTIONS[name]) from None
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Section]:
@@ -794,12 +870,23 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Section]:
     for name in SECTIONS:
         top, _, sub = name.partition(".")
         known.setdefault(top, set()).add(sub)
+    unknown = []
     for top, value in data.items():
         if top not in known:
-            raise TunelabError(f"{path}: {top}", "unknown key (not a parameter section)")
-        if not isinstance(value, dict):
+            unknown.append((str(top), suggest(str(top), list(known))))
+        elif not isinstance(value, dict):
             raise TunelabError(f"{path}: {top}", "expected a mapping")
-        for sub in value:
-            if sub not in known[top]:
-                raise TunelabError(f"{path}: {top}.{sub}", "unknown key (not a parameter section)")
+        else:
+            unknown += [
+                (f"{top}.{sub}", suggest(str(sub), sorted(known[top])))
+                for sub in value
+                if sub not in known[top]
+            ]
+    if unknown:
+        (key, hint), *rest = unknown
+        what = [f"unknown key{h or ' (not a parameter section)'}" for _, h in unknown]
+        message = "; ".join(
+            [what[0], *(f"{k}: {w}" for (k, _), w in zip(rest, what[1:], strict=True))]
+        )
+        raise TunelabError(f"{path}: {key}", message)
     return {name: load_section(name, path) for name in SECTIONS}

@@ -1,72 +1,74 @@
-"""Alpaca: instruction / input / output records (JSON array or JSON Lines)."""
+"""Alpaca: instruction / input / output records (JSON array or JSON Lines).
+
+The record keys come from ``prepare.alpaca.fields`` (``input`` may be null for
+records that have none). Errors name the record as an editor shows it: the
+1-based record number in a JSON array, the line number in JSON Lines.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import AlpacaPrepareParams
+from tunelab.config import AlpacaPrepareParams, InstructionFieldsParams
 from tunelab.data.common import DataCard, chat_record, keep_unique
+from tunelab.data.text import load_records, read_utf8
 from tunelab.errors import TunelabError
 
-REQUIRED = ("instruction", "output")
+
+def check_fields(
+    where: str, row: Any, fields: InstructionFieldsParams, param: str
+) -> tuple[str, str, str]:
+    """(instruction, input, output) of one record; every missing or mistyped key named."""
+    names = {"instruction": fields.instruction, "input": fields.input, "output": fields.output}
+    if not isinstance(row, dict):
+        keys = "/".join(n for n in names.values() if n)
+        raise TunelabError(where, f"expected an object with {keys}, found {type(row).__name__}")
+    missing = [repr(names[k]) for k in ("instruction", "output") if names[k] not in row]
+    if missing:
+        found = ", ".join(map(str, row)) or "none"
+        raise TunelabError(
+            where,
+            f"missing key{'s' * (len(missing) > 1)} {', '.join(missing)} "
+            f"(keys found: {found}; the names come from {param})",
+        )
+    values = []
+    for key in ("instruction", "input", "output"):
+        name = names[key]
+        value = row.get(name) if name else None
+        if value is None and key == "input":
+            value = ""
+        if not isinstance(value, str):
+            raise TunelabError(where, f"{name!r} must be a string, found {type(value).__name__}")
+        values.append(value)
+    return values[0], values[1], values[2]
 
 
-def read_alpaca(path: Path) -> list[dict[str, Any]]:
-    """Read rows from a JSON array or JSONL file; malformed files name file and row."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise TunelabError(str(path), "file not found") from None
-    except UnicodeDecodeError as err:
-        raise TunelabError(str(path), f"not UTF-8 text (byte {err.start})") from None
-    if not text.strip():
-        raise TunelabError(str(path), "file is empty")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise TunelabError(f"{path} line {err.lineno}", f"invalid JSON ({err.msg})") from None
-    else:
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise TunelabError(f"{path} line {i}", f"invalid JSON ({err.msg})") from None
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise TunelabError(
-                f"{path} row {i}", "expected an object with instruction/input/output"
-            )
-        missing = [k for k in REQUIRED if k not in row]
-        if missing:
-            raise TunelabError(f"{path} row {i}", f"missing key {missing[0]!r}")
-        for key in ("instruction", "input", "output"):
-            if key in row and not isinstance(row[key], str):
-                raise TunelabError(f"{path} row {i}", f"{key!r} must be a string")
-    return rows
+def read_alpaca(path: Path, fields: InstructionFieldsParams, card: DataCard) -> list[tuple]:
+    """(where, instruction, input, output) of every record; malformed files name file and row."""
+    decoded = read_utf8(path)
+    card.add_input(str(path), decoded)
+    return [
+        (where, *check_fields(where, row, fields, "prepare.alpaca.fields"))
+        for where, row in load_records(path, decoded.text, jsonl=True)
+    ]
 
 
 def prepare_alpaca(params: AlpacaPrepareParams) -> tuple[list[dict[str, Any]], DataCard]:
     path = Path(params.source)
     card = DataCard("alpaca", [params.source])
-    rows = read_alpaca(path)
-    card.rows_read = len(rows)
-    card.encodings[params.source] = "utf-8"
+    rows = read_alpaca(path, params.fields, card)
+    src = str(path)
     records = []
-    for i, row in enumerate(rows):
-        instruction = row["instruction"].strip()
-        inp = row.get("input", "").strip()
-        output = row["output"].strip()
+    for i, (_, *fields) in enumerate(rows):
+        card.read_row(src)
+        instruction, inp, output = (f.strip() for f in card.clean(fields, src))
         if not instruction or not output:
-            card.drop("empty")
+            card.drop("empty", src)
             continue
         if len(instruction) + len(inp) + len(output) > params.max_chars:
-            card.drop("too_long")
+            card.drop("too_long", src)
             continue
         user = f"{instruction}\n\n{inp}" if inp else instruction
         records.append(chat_record(params.system_prompt, user, output, row=i))
-    return keep_unique(records, card), card
+    return keep_unique(records, card, [src] * len(records)), card

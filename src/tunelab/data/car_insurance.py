@@ -1,9 +1,10 @@
 """Car insurance: an .xlsx of vehicle photos with expected answers -> VL chat records.
 
 Each sheet row carries an image, a prompt and an expected answer (column
-names in params). The image is a path relative to the workbook's folder, or a
-picture embedded in the sheet and anchored to the row (openpyxl reads both);
-a non-empty path wins over an embedded picture. Every row is checked, and a
+names in params). The image is a path relative to ``image_dir`` (Windows
+separators, ``images\\x.jpg``, read as ``/``), or a picture embedded in the
+sheet and anchored to the row (openpyxl reads both); a non-empty path wins over
+an embedded picture. Every row is checked, and a
 bad row is dropped and counted per reason in the data card, or, in strict
 mode, stops the stage with one line naming the row:
 
@@ -14,7 +15,10 @@ mode, stops the stage with one line naming the row:
   ``max_source_pixels``, checked from the header before decoding; PIL's own
   decompression-bomb limit is set to the same value while decoding;
 - ``unreadable_image``: not an image PIL can decode completely;
-- ``empty_answer``: the expected answer is blank.
+- ``empty_answer``: the expected answer is blank;
+- ``uncomputed_formula``: a cell holds a formula whose value was never computed
+  (a workbook written by a program, not saved by a spreadsheet application):
+  openpyxl reads no value, and the row is not taken for empty.
 
 Blank rows are skipped without counting. An empty prompt cell takes
 ``default_prompt``. Images are turned upright (EXIF orientation), converted
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,7 +50,9 @@ REASONS = {
     "oversized_image": "the image is too large (decompression-bomb guard)",
     "unreadable_image": "the image cannot be decoded",
     "empty_answer": "the expected answer is empty",
+    "uncomputed_formula": "a formula cell has no computed value (open and save the workbook in a spreadsheet application)",
 }
+_BYTESIO = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class BadRow(Exception):
@@ -93,7 +100,8 @@ def load_image(data: bytes, check: ImageCheckParams) -> tuple[Any, tuple[int, in
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadRow("oversized_image", str(err).split(".")[0]) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
-        raise BadRow("unreadable_image", str(err).splitlines()[0][:120]) from None
+        message = _BYTESIO.sub("", str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise BadRow("unreadable_image", message[:120]) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     size = bounded_size(*upright.size, check.min_pixels, check.max_pixels)
@@ -103,9 +111,14 @@ def load_image(data: bytes, check: ImageCheckParams) -> tuple[Any, tuple[int, in
 
 
 def resolve_inside(folder: Path, reference: str) -> Path:
-    """The file ``reference`` names, relative to ``folder``; BadRow if it leaves the folder."""
-    ref = Path(reference)
-    if ref.is_absolute() or reference.startswith(("\\", "/")) or ":" in ref.parts[0]:
+    """The file ``reference`` names, relative to ``folder``; BadRow if it leaves the folder.
+
+    Backslashes are path separators (a workbook made on Windows says ``images\\x.jpg``).
+    """
+    if reference.startswith(("\\", "/")):
+        raise BadRow("path_escape", f"absolute path {reference!r}")
+    ref = Path(reference.replace("\\", "/"))
+    if ref.is_absolute() or ":" in ref.parts[0]:
         raise BadRow("path_escape", f"absolute path {reference!r}")
     root = folder.resolve()
     target = (folder / ref).resolve()
@@ -147,6 +160,31 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def uncomputed_formulas(path: Path, title: str, cells: set[tuple[int, int]]) -> dict:
+    """{(row, column): formula} for those of ``cells`` (1-based) that hold a formula.
+
+    openpyxl reads a formula's cached value (data_only) and None where none was ever
+    computed; a second, read-only pass over the formulas tells those cells apart from
+    empty ones.
+    """
+    from openpyxl import load_workbook
+
+    if not cells:
+        return {}
+    wb = load_workbook(path, read_only=True, data_only=False)
+    try:
+        found = {}
+        rows = {r for r, _ in cells}
+        for row in wb[title].iter_rows(min_row=min(rows), max_row=max(rows)):
+            for cell in row:
+                key = (getattr(cell, "row", None), getattr(cell, "column", None))
+                if key in cells and cell.data_type == "f":
+                    found[key] = str(cell.value)
+        return found
+    finally:
+        wb.close()
+
+
 def prepare_car_insurance(
     params: CarInsurancePrepareParams,
 ) -> tuple[list[dict[str, Any]], DataCard]:
@@ -155,33 +193,55 @@ def prepare_car_insurance(
     The resized PNG images ride in ``card.files`` (relative path -> bytes) and
     are written next to the records by ``write_prepared``.
     """
+    from openpyxl.utils import get_column_letter
+
     source = Path(params.source)
     ws = open_sheet(source, params.sheet)
-    folder = source.parent
+    folder = Path(params.image_dir)
     header = [_text(c.value) for c in next(ws.iter_rows(min_row=1, max_row=1))]
     cols = params.columns
-    index = {}
-    for key, name in (("image", cols.image), ("prompt", cols.prompt), ("answer", cols.answer)):
-        if name not in header:
-            raise TunelabError(
-                f"{source} sheet {ws.title!r}",
-                f"missing column {name!r} (columns.{key} in params; header: {', '.join(header)})",
-            )
-        index[key] = header.index(name)
+    wanted = (("image", cols.image), ("prompt", cols.prompt), ("answer", cols.answer))
+    missing = [f"{name!r} (columns.{key})" for key, name in wanted if name not in header]
+    if missing:
+        raise TunelabError(
+            f"{source} sheet {ws.title!r}",
+            f"missing column{'s' * (len(missing) > 1)} {', '.join(missing)} "
+            f"(header: {', '.join(header)})",
+        )
+    index = {key: header.index(name) for key, name in wanted}
     pictures = embedded_pictures(ws)
     card = DataCard("car_insurance", [str(source)])
+    src = str(source)
+    card.add_input(src, encoding="xlsx", how="Office Open XML workbook (text is UTF-8 XML)")
     records: list[dict[str, Any]] = []
     from_picture = 0
     sizes_in: list[int] = []
     last_row = max([ws.max_row, *pictures]) if pictures else ws.max_row
+    rows = {}
     for row_no in range(2, last_row + 1):
         cells = [c.value for c in ws[row_no]] if row_no <= ws.max_row else []
-        value = {k: _text(cells[i]) if i < len(cells) else "" for k, i in index.items()}
+        rows[row_no] = {k: cells[i] if i < len(cells) else None for k, i in index.items()}
+    empty = {
+        (r, index[k] + 1)
+        for r, v in rows.items()
+        for k in index
+        if v[k] is None and r <= ws.max_row
+    }
+    formulas = uncomputed_formulas(source, ws.title, empty)
+    for row_no, raw in rows.items():
+        value = dict(zip(raw, card.clean([_text(v) for v in raw.values()], src), strict=True))
         picture = pictures.get(row_no)
-        if not any(value.values()) and picture is None:
+        pending = [(k, (row_no, index[k] + 1)) for k in index if (row_no, index[k] + 1) in formulas]
+        if not any(value.values()) and picture is None and not pending:
             continue  # a blank row
-        card.rows_read += 1
+        card.read_row(src)
         try:
+            if pending:
+                key, (r, c) = pending[0]
+                raise BadRow(
+                    "uncomputed_formula",
+                    f"{getattr(cols, key)!r} cell {get_column_letter(c)}{r}: {formulas[(r, c)]}",
+                )
             if not value["answer"]:
                 raise BadRow("empty_answer", "")
             if value["image"]:
@@ -189,15 +249,20 @@ def prepare_car_insurance(
                 origin = value["image"]
             elif picture is not None:
                 data, origin = picture, "embedded picture"
-                from_picture += 1
             else:
                 raise BadRow("missing_image", "no path and no embedded picture")
-            image, size = load_image(data, params.image)
+            try:
+                image, size = load_image(data, params.image)
+            except BadRow as bad:
+                raise BadRow(
+                    bad.reason, f"{bad.detail}; {origin}" if bad.detail else origin
+                ) from None
         except BadRow as bad:
             if params.strict:
                 raise TunelabError(f"{source} row {row_no}", str(bad)) from None
-            card.drop(bad.reason)
+            card.drop(bad.reason, src)
             continue
+        from_picture += origin == "embedded picture"
         rel = f"images/row_{row_no:05d}.png"
         buf = io.BytesIO()
         image.save(buf, format="PNG")

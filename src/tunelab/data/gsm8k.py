@@ -16,7 +16,11 @@ from the prepared files) and adds:
 
 A row without a parsable ``#### <number>`` line is an error (file, line), not a
 silent drop; exact duplicate questions and training questions that also appear
-in the test file are dropped and counted in the data card.
+in the test file are dropped and counted in the data card. Numbers are kept
+exactly at any length (no decimal arithmetic); a final answer written in
+full-width or Arabic-Indic digits is rewritten in ASCII (lm-eval's gsm8k regex
+reads ASCII only) and counted in the data card (``non_ascii_digits``), as are
+control characters stripped from the text.
 
 ``generate_problems`` writes simple one-step arithmetic word problems in the
 same format with known answers (single-digit operands; a few negative,
@@ -30,20 +34,33 @@ from __future__ import annotations
 import json
 import random
 import re
+import unicodedata
 from collections import Counter
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from tunelab.config import GSM8KPrepareParams
-from tunelab.data.common import length_stats
+from tunelab.data.common import InputCard, length_stats, write_splits
+from tunelab.data.text import clean_text, load_records, read_utf8
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, dump_json, write_jsonl
 
 FINAL = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
 ANNOTATION = re.compile(r"<<[^<>]*>>")
-_PLAIN = re.compile(r"-?\d+(\.\d+)?")
-_GROUPED = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+_PLAIN = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_GROUPED = re.compile(r"-?[0-9]{1,3}(,[0-9]{3})+(\.[0-9]+)?")
+_SEPARATORS = {"\u066b": ".", "\u066c": ",", "\u2212": "-"}  # Arabic decimal/thousands, minus
+
+
+def ascii_digits(text: str) -> str:
+    """``text`` with full-width forms (NFKC) and other decimal digits (Arabic-Indic, ...)
+    written as ASCII digits, ``.``, ``,`` and ``-``."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(
+        str(unicodedata.decimal(ch))
+        if ch.isdecimal() and not ch.isascii()
+        else _SEPARATORS.get(ch, ch)
+        for ch in text
+    )
 
 
 def normalize_number(text: str) -> str | None:
@@ -51,27 +68,24 @@ def normalize_number(text: str) -> str | None:
 
     Accepts surrounding whitespace, a leading ``$`` (after an optional ``-``),
     thousands separators in groups of three, a trailing full stop, decimals and
-    negatives. Anything else (words, units, two numbers) is not a number.
+    negatives; non-ASCII digits are read as their ASCII values (``ascii_digits``).
+    Anything else (words, units, two numbers) is not a number. The canonical form
+    is exact at any length (string arithmetic, no rounding): leading zeros and a
+    decimal's trailing zeros dropped, ``-0`` is ``0``.
     """
-    s = text.strip().rstrip(".").strip()
+    s = ascii_digits(text).strip().rstrip(".").strip()
     negative = s.startswith("-")
     if negative:
         s = s[1:].lstrip()
     s = s.removeprefix("$").strip()
-    if negative:
-        s = "-" + s
     if _GROUPED.fullmatch(s):
         s = s.replace(",", "")
     elif not _PLAIN.fullmatch(s):
         return None
-    try:
-        value = Decimal(s)
-    except InvalidOperation:
-        return None
-    whole = value == value.to_integral_value()
-    value = value.quantize(Decimal(1)) if whole else value.normalize()
-    out = format(value, "f")
-    return "0" if out == "-0" else out
+    whole, _, fraction = s.partition(".")
+    whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+    out = f"{whole}.{fraction}" if fraction else whole
+    return f"-{out}" if negative and out != "0" else out
 
 
 def split_answer(answer: str) -> tuple[str, str] | None:
@@ -89,32 +103,49 @@ def split_answer(answer: str) -> tuple[str, str] | None:
     return reasoning, number
 
 
-def read_gsm8k(path: Path) -> list[dict[str, Any]]:
-    """Rows of a GSM8K JSONL file, each checked; errors name the file and line."""
+def ascii_final_line(answer: str) -> str:
+    """``answer`` with its final ``#### <number>`` written in ASCII digits (lm-eval's
+    gsm8k regex reads ASCII only); unchanged when it already is."""
+    final = list(FINAL.finditer(answer))[-1]
+    return answer[: final.start(1)] + ascii_digits(final.group(1)) + answer[final.end(1) :]
+
+
+def read_gsm8k(
+    path: Path, fields: Any = None, card: InputCard | None = None
+) -> list[dict[str, Any]]:
+    """Rows of a GSM8K JSONL file (or JSON array), each checked; errors name file and line.
+
+    ``fields`` maps question/answer to the file's keys (prepare.gsm8k.fields; default the
+    GSM8K names). Control characters are stripped and final answers in non-ASCII digits
+    rewritten in ASCII, both counted in ``card``.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise TunelabError(str(path), "file not found")
+    q_key, a_key = (fields.question, fields.answer) if fields else ("question", "answer")
+    decoded = read_utf8(path)
+    if card is not None:
+        card.encoding, card.how = decoded.encoding, decoded.how
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {i}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TunelabError(where, f"invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise TunelabError(where, "expected a JSON object with question and answer")
-            for key in ("question", "answer"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise TunelabError(where, f"missing or empty key '{key}'")
-            parts = split_answer(row["answer"])
-            if parts is None:
-                raise TunelabError(
-                    where, "answer has no final '#### <number>' line with a number after it"
-                )
-            rows.append({"question": row["question"], "answer": row["answer"], "_parts": parts})
+    for where, row in load_records(path, decoded.text, jsonl=True):
+        if not isinstance(row, dict):
+            raise TunelabError(where, f"expected a JSON object with {q_key} and {a_key}")
+        for key in (q_key, a_key):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise TunelabError(where, f"missing or empty key '{key}'")
+        (question, n_q), (answer, n_a) = clean_text(row[q_key]), clean_text(row[a_key])
+        parts = split_answer(answer)
+        if parts is None:
+            raise TunelabError(
+                where, "answer has no final '#### <number>' line with a number after it"
+            )
+        converted = ascii_final_line(answer)
+        if card is not None:
+            card.rows_read += 1
+            if n_q or n_a:
+                card.cleaned["control_characters"] += 1
+                card.control_characters_removed += n_q + n_a
+            if converted != answer:
+                card.cleaned["non_ascii_digits"] += 1
+        rows.append({"question": question, "answer": converted, "_parts": parts})
     return rows
 
 
@@ -133,12 +164,17 @@ def build_record(row: dict[str, Any], params: GSM8KPrepareParams) -> dict[str, A
     }
 
 
-def prepare_gsm8k(params: GSM8KPrepareParams, out: Path) -> dict[str, Any]:
-    """Read train and test sources, build records, write out/{train,test}.jsonl + data card."""
+def build_gsm8k(params: GSM8KPrepareParams) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """Read and check train and test sources: (train records, test records, data card)."""
     dropped: Counter = Counter()
-    test_rows = read_gsm8k(Path(params.test_source))
-    train_rows = read_gsm8k(Path(params.train_source))
+    inputs = {split: InputCard("", "") for split in ("train", "test")}  # filled in by read_gsm8k
+    test_rows = read_gsm8k(Path(params.test_source), params.fields, inputs["test"])
+    train_rows = read_gsm8k(Path(params.train_source), params.fields, inputs["train"])
     read = {"train": len(train_rows), "test": len(test_rows)}
+
+    def drop(reason: str, split: str) -> None:
+        dropped[f"{split}_{reason}"] += 1
+        inputs[split].dropped[reason] += 1
 
     def unique(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
         seen: set[str] = set()
@@ -146,7 +182,7 @@ def prepare_gsm8k(params: GSM8KPrepareParams, out: Path) -> dict[str, Any]:
         for row in rows:
             key = " ".join(row["question"].split())
             if key in seen:
-                dropped[f"{split}_duplicate"] += 1
+                drop("duplicate", split)
                 continue
             seen.add(key)
             kept.append(row)
@@ -158,7 +194,7 @@ def prepare_gsm8k(params: GSM8KPrepareParams, out: Path) -> dict[str, Any]:
     kept_train = []
     for row in train_rows:
         if " ".join(row["question"].split()) in test_questions:
-            dropped["train_in_test"] += 1
+            drop("in_test", "train")
         else:
             kept_train.append(row)
     train = [build_record(r, params) for r in kept_train[: params.max_train_rows]]
@@ -174,13 +210,18 @@ def prepare_gsm8k(params: GSM8KPrepareParams, out: Path) -> dict[str, Any]:
         "rows_dropped": dict(sorted(dropped.items())),
         "train_rows": len(train),
         "test_rows": len(test),
+        "inputs": {
+            source: inputs[split].to_dict()
+            for split, source in (("train", params.train_source), ("test", params.test_source))
+        },
         "answers": {
             split: {
                 "negative": sum(r["target"].startswith("-") for r in recs),
                 "decimal": sum("." in r["target"] for r in recs),
                 "with_thousands_separator": sum(
-                    bool(re.search(r"####\s*-?\$?\d{1,3},\d{3}", r["answer"])) for r in recs
+                    bool(re.search(r"####\s*-?\$?[0-9]{1,3},[0-9]{3}", r["answer"])) for r in recs
                 ),
+                "non_ascii_digits": inputs[split].cleaned["non_ascii_digits"],
             }
             for split, recs in (("train", train), ("test", test))
         },
@@ -189,10 +230,13 @@ def prepare_gsm8k(params: GSM8KPrepareParams, out: Path) -> dict[str, Any]:
             "reference": length_stats([len(r["reference"]) for r in train + test]),
         },
     }
-    with atomic_dir(out) as tmp:
-        write_jsonl(tmp / "train.jsonl", train)
-        write_jsonl(tmp / "test.jsonl", test)
-        dump_json(tmp / "data_card.json", card)
+    return train, test, card
+
+
+def prepare_gsm8k(params: GSM8KPrepareParams, out: Path) -> dict[str, Any]:
+    """Read train and test sources, build records, write out/{train,test}.jsonl + data card."""
+    train, test, card = build_gsm8k(params)
+    write_splits(out, {"train": train, "test": test}, card, {})
     return card
 
 
