@@ -36,6 +36,13 @@ from tunelab.config import GRPOTrainParams, SFTTrainParams
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir, dump_json, read_jsonl
 from tunelab.training.sft import checkpoint_dir, fingerprint, sft_config, trainer_args
+from tunelab.training.variants import (
+    check_backend,
+    save_adapter,
+    save_initial,
+    variant_card,
+    with_loraplus,
+)
 
 SECTION = "train.gsm8k"
 
@@ -116,7 +123,7 @@ def rollout_trainer(params: GRPOTrainParams) -> type:
 
     from tunelab.generation import generate_new_tokens, resolve_engine
 
-    class RolloutGRPOTrainer(GRPOTrainer):
+    class RolloutGRPOTrainer(with_loraplus(GRPOTrainer, params.grpo.optim.loraplus_lr_ratio)):
         def _generate_single_turn(
             self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
         ):
@@ -221,7 +228,7 @@ def run_warmup(
         ]
     )
     callbacks, end_live = live_callback(live_dir, resumable)
-    trainer = SFTTrainer(
+    trainer = with_loraplus(SFTTrainer, params.warmup.optim.loraplus_lr_ratio)(
         model=model,
         args=sft_config(warmup_params(params), folder),
         train_dataset=dataset,
@@ -277,6 +284,7 @@ def train_grpo(
     from tunelab.training.runcard import run_card
 
     check_vllm(params)
+    check_backend(SECTION, params.lora, backend, params.vllm.use_vllm)
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
     fp = fingerprint(params, inputs)
     ckpt, _ = checkpoint_dir("train", "gsm8k", fp)
@@ -289,6 +297,8 @@ def train_grpo(
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
         model, tokenizer = load_model(params, backend, name_or_path, revision)
+        # PiSSA / OLoRA: A, B as initialised; also keeps TRL's "ref" copy from re-running it
+        initial = save_initial(model, params.lora, ckpt)
         template_replaced = False
         warmup: dict[str, Any] = {"enabled": params.warmup.enabled}
         if params.warmup.enabled:
@@ -335,10 +345,11 @@ def train_grpo(
     adapters = list(getattr(peft_model, "peft_config", {}) or {})
     with atomic_dir(out_dir) as tmp:
         # Only the trained adapter: TRL adds a frozen "ref" copy when beta > 0.
-        peft_model.save_pretrained(
-            tmp, safe_serialization=True, selected_adapters=["default"] if adapters else None
-        )
+        save_adapter(peft_model, tmp, initial, ["default"] if adapters else None)
         tokenizer.save_pretrained(tmp)
+        card["lora_variant"] = variant_card(
+            peft_model, params.lora, params.grpo.optim, tmp, initial
+        )
         dump_json(tmp / "run_card.json", card)
     shutil.rmtree(ckpt, ignore_errors=True)
     return card
