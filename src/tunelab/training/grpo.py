@@ -271,8 +271,12 @@ def train_grpo(
     data_dir: Path,
     out_dir: Path,
     live_dir: Path,
+    extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Warm-up (optional) then GRPO; write the adapter, tokenizer and run card to out_dir."""
+    """Warm-up (optional) then GRPO; write the adapter, tokenizer and run card to out_dir.
+
+    ``extra_callbacks`` are added to the GRPO trainer's (the tests read the trained model so).
+    """
     from datasets import Dataset
     from transformers import set_seed
 
@@ -319,7 +323,7 @@ def train_grpo(
             args=grpo_config(params, folder),
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *(extra_callbacks or [])],
         )
         trainer.train(resume_from_checkpoint=True if resumable else None)
         end_live()

@@ -238,8 +238,12 @@ def train_vl(
     data_dir: Path,
     out_dir: Path,
     live_dir: Path,
+    extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the scenario's VL adapter; write it, the processor and the run card to out_dir."""
+    """Train the scenario's VL adapter; write it, the processor and the run card to out_dir.
+
+    ``extra_callbacks`` are added to the Trainer's (the tests read the trained model so).
+    """
     from transformers import set_seed
     from trl import SFTTrainer
 
@@ -270,7 +274,7 @@ def train_vl(
             args=vl_config(params, ckpt),
             train_dataset=train_ds,
             processing_class=processor,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *(extra_callbacks or [])],
         )
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
         end_live()
