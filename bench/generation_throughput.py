@@ -8,9 +8,13 @@ Uses the Qwen2.5-7B-shaped random-weight model that bench/sft_throughput.py buil
 * ``hf_bf16`` - plain transformers ``generate`` (dynamic KV cache), bf16;
 * ``unsloth_4bit`` / ``unsloth_bf16`` - Unsloth's FastLanguageModel in inference mode
   (its fast path when vLLM is not installed: vLLM is not on the benchmark machine);
+* ``hf_4bit`` - plain ``generate`` on the bitsandbytes NF4 model tunelab's loading code
+  gives the gpu profile's evaluation (QLoRA's base), and ``tunelab_4bit_dequantized`` the
+  same model through ``generation.quantized: dequantize`` (tunelab.generation.for_generation:
+  bf16 weights holding the NF4 values, then the compiled engine);
 * ``tunelab_compiled`` - tunelab.generation (the path the evaluate stages and GRPO
   rollouts take without vLLM): static cache, compiled decode step with CUDA graphs,
-  grouped-query decode attention, settings from params.yaml (evaluate.gsm8k.generation);
+  grouped-query decode attention, settings from params.yaml (evaluate.alpaca.generation);
   ``tunelab_compiled_sdpa`` the same with transformers' SDPA decode attention.
 
 Issue 11's settings (``--issue11``): prompts of exactly 256 tokens, 256 new tokens
@@ -58,20 +62,29 @@ from sft_throughput import QWEN25_7B, ROOT, TINY, build_model, log  # noqa: E402
 NUM_GENERATIONS = 6
 NEW_TOKENS = 256
 GSM8K_TEST = 1319
-PATHS = ("hf_bf16", "tunelab_compiled", "tunelab_compiled_sdpa", "unsloth_4bit", "unsloth_bf16")
+PATHS = (
+    "hf_bf16",
+    "tunelab_compiled",
+    "tunelab_compiled_sdpa",
+    "unsloth_4bit",
+    "unsloth_bf16",
+    "hf_4bit",
+    "tunelab_4bit_dequantized",
+)
 PROMPT_TOKENS = 256  # issue 11's setting
 ISSUE11_SEQUENCES = (48, 192)
 
 
 def engine_params(path: str) -> Any:
-    """evaluate.gsm8k.generation from params.yaml, forced to the compiled engine.
+    """evaluate.alpaca.generation from params.yaml, forced to the compiled engine.
 
     ``TUNELAB_BENCH_COMPILE_BACKEND`` (the bench's --compile-backend) overrides the
     backend, e.g. aot_eager for a CPU run of the code paths.
     """
     from tunelab.config import load_section
 
-    gen = load_section("evaluate.gsm8k", ROOT / "params.yaml").generation
+    # evaluate.alpaca's block: the one that offers generation.quantized (the 4-bit paths)
+    gen = load_section("evaluate.alpaca", ROOT / "params.yaml").generation
     update = {
         "engine": "compiled",
         "decode_attention": "sdpa" if path.endswith("_sdpa") else gen.decode_attention,
@@ -260,14 +273,19 @@ def load(path: str, model_dir: Path, cuda: bool) -> tuple[Any, Any]:
     from tunelab.models.loading import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(str(model_dir), None, False)
+    four_bit = "4bit" in path
     model = load_causal_lm(
         str(model_dir),
         None,
         "bfloat16" if cuda else "float32",
-        False,
+        four_bit,
         False,
         device_map="cuda" if cuda else None,
     )
+    if four_bit and path.startswith("tunelab"):
+        from tunelab.generation import for_generation
+
+        model = for_generation(model, engine_params(path))
     model.eval()
     return model, tok
 
@@ -357,7 +375,9 @@ def grpo_steps(path: str, model_dir: Path, prompts: list, steps: int, cuda: bool
         from tunelab.training.grpo import rollout_trainer
 
         grpo = load_section("train.gsm8k", ROOT / "params.yaml")
-        trainer_class = rollout_trainer(grpo.model_copy(update={"generation": engine_params(path)}))
+        trainer_class = rollout_trainer(
+            grpo.model_copy(update={"generation": engine_params(path)}), "hf"
+        )
     trainer = trainer_class(
         model=model,
         reward_funcs=[length_reward],

@@ -81,6 +81,7 @@ def evaluate(scenario: str) -> None:
 
     from tunelab.data.common import prompt_of, reference_of
     from tunelab.evaluation.sft import generate, heldout_loss, text_scores
+    from tunelab.generation import for_generation, resolve_engine
     from tunelab.io import read_jsonl
     from tunelab.models.loading import (
         check_adapter,
@@ -102,7 +103,9 @@ def evaluate(scenario: str) -> None:
         params.model.load_in_4bit,
         params.model.trust_remote_code,
     )
-    model.eval()
+    # A 4-bit model generates compiled from its dequantized weights (generation.quantized).
+    model = for_generation(model, params.generation).eval()
+    engine = resolve_engine(params.generation, model)
     prompts = [prompt_of(r) for r in records]
     refs = [reference_of(r) for r in records]
     convs = [r["messages"] for r in records]
@@ -131,7 +134,7 @@ def evaluate(scenario: str) -> None:
     ]
     write_results(scenario, metrics, generations)
     print(
-        f"evaluate {scenario} ({len(records)} prompts, {timer.seconds:.0f}s): "
+        f"evaluate {scenario} ({len(records)} prompts, engine {engine}, {timer.seconds:.0f}s): "
         + "; ".join(f"{k} {results['base'][k]} -> {results['tuned'][k]}" for k in results["base"])
     )
 

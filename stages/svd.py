@@ -48,7 +48,9 @@ def svd() -> None:
                 raise TunelabError(folder, "not found: run the stage that writes it first")
         weights = lsvd.BaseWeights(*resolve_base(Path(lp.base)))
         spectra = {
-            Path(a).name: lsvd.lora_spectra(Path(a), weights, lp.layers, lp.top_k, lp.rank_rtol)
+            Path(a).name: lsvd.lora_spectra(
+                Path(a), weights, lp.layers, lp.top_k, lp.rank_rtol, lp.method
+            )
             for a in lp.adapters
         }
         if len(spectra) != len(lp.adapters):

@@ -63,11 +63,10 @@ def _trim(row: torch.Tensor, pad: int, eos: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("attention", ["grouped", "sdpa"])
-def test_compiled_greedy_matches_plain_generate_with_lora(tiny_base: Path, attention: str) -> None:
-    model, tok = _model_with_adapter(tiny_base)
-    kwargs = {
-        "max_new_tokens": 24,
+def _greedy(tok, new_tokens: int) -> dict:
+    """GenerationConfig fields for greedy decoding (sampling fields unset)."""
+    return {
+        "max_new_tokens": new_tokens,
         "do_sample": False,
         "pad_token_id": tok.pad_token_id,
         "eos_token_id": tok.eos_token_id,
@@ -75,6 +74,12 @@ def test_compiled_greedy_matches_plain_generate_with_lora(tiny_base: Path, atten
         "top_p": None,
         "top_k": None,
     }
+
+
+@pytest.mark.parametrize("attention", ["grouped", "sdpa"])
+def test_compiled_greedy_matches_plain_generate_with_lora(tiny_base: Path, attention: str) -> None:
+    model, tok = _model_with_adapter(tiny_base)
+    kwargs = _greedy(tok, 24)
     # The reference: plain generate, one batch of 2 and one of 3, dynamic cache.
     plain: list[list[int]] = []
     for chunk in (PROMPTS[:2], PROMPTS[2:]):
@@ -144,3 +149,79 @@ def test_auto_engine_is_plain_generate_on_the_cpu(tiny_base: Path) -> None:
     assert resolve_engine(auto, model) == "generate"
     forced = section("evaluate.alpaca", generation__engine="compiled").generation
     assert resolve_engine(forced, model) == "compiled"
+
+
+def _plain_greedy(model, enc: dict, kwargs: dict, tok) -> list[list[int]]:
+    with torch.no_grad():
+        seqs = model.generate(**enc, **kwargs)
+    width = enc["input_ids"].shape[1]
+    return [_trim(r, tok.pad_token_id, tok.eos_token_id) for r in seqs[:, width:]]
+
+
+def test_4bit_policy_generates_compiled_through_its_dequantized_twin(tiny_base: Path) -> None:
+    """QLoRA's case: a bitsandbytes 4-bit base (CPU kernels here) with a LoRA attached.
+
+    The twin holds the dequantized NF4 weights and the policy's LoRA weights: compiled
+    greedy output equals plain generate on the 4-bit policy, before and after the policy's
+    LoRA weights move (sync copies them; without it the outputs would differ).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.generation import DequantizedTwin, for_generation, is_quantized
+    from tunelab.models.loading import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_base), None, False)
+    tok.padding_side = "left"
+    base = load_causal_lm(str(tiny_base), None, "float32", True, False)
+    assert is_quantized(base)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    lora.init_lora_weights = False
+    policy = get_peft_model(base, lora).eval()
+    kwargs = _greedy(tok, 16)
+    params = section(
+        "train.gsm8k",
+        generation__engine="compiled",
+        generation__prompt_bucket=16,
+        generation__compile_backend="aot_eager",
+    ).generation
+    assert resolve_engine(params, policy) == "dequantize"
+    with pytest.raises(ValueError, match="4-bit model"):
+        generate_new_tokens(
+            policy, torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2), params, 1, kwargs
+        )
+    enc = _encode(tok, PROMPTS[:3])
+    twin = DequantizedTwin(policy)
+    assert not is_quantized(twin.model) and resolve_engine(params, twin.model) == "compiled"
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    outputs = []
+    for _ in range(2):
+        reference = _plain_greedy(policy, enc, kwargs, tok)
+        twin.sync()
+        new = generate_new_tokens(
+            twin.model, enc["input_ids"], enc["attention_mask"], params, 2, kwargs
+        )
+        assert [_trim(r, tok.pad_token_id, tok.eos_token_id) for r in new] == reference
+        outputs.append(reference)
+        with torch.no_grad():  # the policy learns: its LoRA weights move
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(-3.0)
+    assert outputs[0] != outputs[1]  # the LoRA change mattered, so sync() was tested
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+
+    # Evaluation: the loaded 4-bit model dequantized in place gives the same logits.
+    quantized = load_causal_lm(str(tiny_base), None, "float32", True, False)
+    with torch.no_grad():
+        before = quantized(**_encode(tok, PROMPTS[:2])).logits
+    evaluated = for_generation(quantized, params)
+    assert not is_quantized(evaluated) and resolve_engine(params, evaluated) == "compiled"
+    with torch.no_grad():
+        after = evaluated(**_encode(tok, PROMPTS[:2])).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    plain = section("train.gsm8k", generation__quantized="generate").generation
+    assert (
+        resolve_engine(plain, load_causal_lm(str(tiny_base), None, "float32", True, False))
+        == "generate"
+    )

@@ -236,6 +236,30 @@ def test_grpo_few_steps_hf_backend(grpo_run: dict) -> None:
     kl = (metrics / "kl.tsv").read_text().splitlines()[1].split("\t")[1]
     assert float(kl) == pytest.approx(0.0, abs=1e-6)
     assert (work / "live/warmup/plots/metrics/loss.tsv").is_file()
+    # The values the trainers ran with, read back from their args (not copied from params).
+    used = card["trainer_args"]["used"]
+    assert used["epsilon"] == 0.2 and used["epsilon_high"] == 0.2 and used["beta"] == 0.04
+    assert used["loss_type"] == "grpo" and used["num_generations"] == 4
+    assert card["trainer_args"]["changed_by_libraries"] == {}
+    assert card["warmup"]["trainer_args"]["used"]["max_steps"] == 4
+    assert card["grpo"]["rollout_engine"] == "generate"  # auto on the CPU
+
+
+def test_trainer_settings_name_what_a_library_changed() -> None:
+    """A library that rewrites a setting (as Unsloth's GRPO config does with epsilon_high
+    for dapo on a GPU; simulated here, Unsloth's CPU backend leaves TRL's config alone)."""
+    from trl import GRPOConfig
+
+    from tunelab.training.grpo import grpo_config
+    from tunelab.training.runcard import trainer_settings
+
+    config = grpo_config(section("train.gsm8k", grpo__loss_type="dapo"), Path("/tmp/x"))
+    assert isinstance(config, GRPOConfig)
+    assert trainer_settings(config)["changed_by_libraries"] == {}
+    config.epsilon_high = 0.28
+    settings = trainer_settings(config)
+    assert settings["used"]["epsilon_high"] == 0.28 and "output_dir" not in settings["used"]
+    assert settings["changed_by_libraries"] == {"epsilon_high": {"asked": 0.2, "used": 0.28}}
 
 
 @pytest.mark.slow
@@ -408,7 +432,14 @@ def test_lm_eval_through_the_compiled_engine_matches_plain_generate(grpo_run: di
 
 
 @pytest.mark.slow
-def test_grpo_rollouts_through_the_compiled_engine(grpo_run: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("four_bit", "engine"), [(False, "compiled"), (True, "dequantized_twin")], ids=["bf16", "4bit"]
+)
+def test_grpo_rollouts_through_the_compiled_engine(
+    grpo_run: dict, tmp_path: Path, four_bit: bool, engine: str
+) -> None:
+    """Compiled rollouts; a 4-bit (QLoRA, bitsandbytes CPU kernels) policy samples from its
+    dequantized bf16 twin."""
     import torch
 
     from tunelab.training.grpo import train_grpo
@@ -416,6 +447,7 @@ def test_grpo_rollouts_through_the_compiled_engine(grpo_run: dict, tmp_path: Pat
     params = section(
         "train.gsm8k",
         backend="hf",
+        model__load_in_4bit=four_bit,
         **FEW_STEPS | {"grpo__optim__max_steps": 1, "warmup__enabled": False},
         **COMPILED,
     )
@@ -433,6 +465,7 @@ def test_grpo_rollouts_through_the_compiled_engine(grpo_run: dict, tmp_path: Pat
         )
     finally:
         os.chdir(cwd)
+    assert card["grpo"]["rollout_engine"] == engine
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # rollouts compiled
     assert card["grpo"]["global_step"] == 1
     lengths = (tmp_path / "live/plots/metrics/completions/mean_length.tsv").read_text()

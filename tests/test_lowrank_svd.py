@@ -160,7 +160,7 @@ def test_lora_update_matches_peft_and_has_rank_at_most_r(base: Path, tmp_path: P
     from tunelab.models.loading import resolve_base
 
     weights = lsvd.BaseWeights(*resolve_base(base))
-    modules = lsvd.lora_spectra(tmp_path / "a", weights, [0, 3], [1, 2, 4], 1e-8)
+    modules = lsvd.lora_spectra(tmp_path / "a", weights, [0, 3], [1, 2, 4], 1e-8, "full")
     assert {m["layer"] for m in modules} == {0, 3} and len(modules) == 6
     for m in modules:
         s_dw, s_w, r = np.array(m["s_dw"]), np.array(m["s_w"]), m["lora_r"]
@@ -176,13 +176,65 @@ def test_lora_update_matches_peft_and_has_rank_at_most_r(base: Path, tmp_path: P
     assert summary["dw_rank_within_r"] and summary["dw_max_numerical_rank"] == 4
     assert summary["lora_r"] == [2, 4]
     with pytest.raises(TunelabError, match=r"layer\(s\) \[9\] have no LoRA modules"):
-        lsvd.lora_spectra(tmp_path / "a", weights, [9], [1], 1e-8)
+        lsvd.lora_spectra(tmp_path / "a", weights, [9], [1], 1e-8, "full")
+
+    # method factored (the gpu profile's): the same figures without any large SVD
+    fast = lsvd.lora_spectra(
+        tmp_path / "a", lsvd.BaseWeights(*resolve_base(base)), [0, 3], [1, 2, 4], 1e-8, "factored"
+    )
+    for m, f in zip(modules, fast, strict=True):
+        assert f["module"] == m["module"] and f["dw_numerical_rank"] == m["dw_numerical_rank"]
+        np.testing.assert_allclose(f["s_dw"], m["s_dw"], rtol=1e-5, atol=1e-9 * m["s_dw"][0])
+        np.testing.assert_allclose(f["s_w"], m["s_w"], rtol=1e-5)
+        assert len(f["s_dw"]) == len(m["s_dw"]) and f["s_dw"][f["lora_r"] :] == [0.0] * (
+            len(f["s_dw"]) - f["lora_r"]
+        )
+        for key in ("dw_fro", "w_fro", "dw_over_w", "amplification"):
+            assert f[key] == pytest.approx(m[key], rel=1e-9), key
+        for k in ("1", "2", "4"):
+            assert f["dw_energy_top"][k] == pytest.approx(m["dw_energy_top"][k], abs=1e-9)
+            assert f["w_energy_top"][k] == pytest.approx(m["w_energy_top"][k], abs=1e-9)
 
 
-def test_dora_and_broken_adapters_are_refused(base: Path, tmp_path: Path) -> None:
+def test_dora_update_is_what_peft_merges(base: Path, tmp_path: Path) -> None:
+    """DoRA: ΔW = m ⊙ (W + s·B·A) / ‖W + s·B·A‖_row − W, the change PEFT's merge makes; not
+    of rank r, so both methods take its full SVD."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models.loading import resolve_base
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "down_proj"],
+        init_lora_weights=False,
+        use_dora=True,
+    )
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():  # a trained magnitude: not the norm it starts from
+        for name, p in peft_model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.rand_like(p))
+    peft_model.save_pretrained(tmp_path / "dora")
+    merged = {n: p.detach().double() for n, p in peft_model.merge_and_unload().state_dict().items()}
+    weights = lsvd.BaseWeights(*resolve_base(base))
+    updates = lsvd.read_lora(tmp_path / "dora")
+    assert len(updates) == 8 and all(u.magnitude is not None for u in updates)
+    for u in updates:
+        w = weights.get(u.module)
+        expect = merged[f"{u.module}.weight"] - w
+        torch.testing.assert_close(u.delta(w), expect, atol=1e-6, rtol=1e-4)
+    full = lsvd.lora_spectra(tmp_path / "dora", weights, None, [1, 4], 1e-8, "full")
+    fast = lsvd.lora_spectra(tmp_path / "dora", weights, None, [1, 4], 1e-8, "factored")
+    assert [m["s_dw"] for m in full] == [m["s_dw"] for m in fast]
+    assert all(m["dw_numerical_rank"] > m["lora_r"] for m in full)
+
+
+def test_broken_adapters_are_refused(base: Path, tmp_path: Path) -> None:
     save_lora(base, tmp_path / "dora", seed=2, use_dora=True)
-    with pytest.raises(TunelabError, match="DoRA"):
-        lsvd.read_lora(tmp_path / "dora")
     with pytest.raises(TunelabError, match="not a LoRA adapter"):
         lsvd.read_lora(tmp_path)
     shutil.copytree(tmp_path / "dora", tmp_path / "bad")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,3 +108,26 @@ def test_small_and_large_floats_stay_floats_for_yaml_1_1_readers(tmp_path: Path)
     optim = yaml.safe_load(params.read_text())["train"]["alpaca"]["optim"]
     assert optim["learning_rate"] == 5e-06 and optim["weight_decay"] == 1e-10
     assert load_params(params)["train.alpaca"].optim.learning_rate == 5e-06
+
+
+def test_gpu_check_overlay_changes_only_keys_the_gpu_profile_sets(tmp_path: Path) -> None:
+    """bench/gpu_pipeline.py applies gpu, then gpu-check: paths, data, steps, caps, vLLM off."""
+    flat_check, flat_gpu = leaves(overlay("gpu-check")), leaves(overlay("gpu"))
+    assert set(flat_check) <= set(flat_gpu)  # so `tunelab profile smoke` restores them all
+    allowed = re.compile(
+        r"^(base\.\w+\.(pretrained|revision)"
+        r"|prepare\.\w+\.(source|\w+_source|split\.\w+)"
+        r"|train\.\w+\.(optim\.max_steps|grpo\.optim\.max_steps|logging_steps"
+        r"|grpo\.max_completion_length|vllm\.use_vllm)"
+        r"|evaluate\.\w+\.(max_samples|max_gen_toks|decoding\.max_new_tokens)"
+        r"|lowrank\.als\.(dataset|ratings_path))$"
+    )
+    assert [k for k in flat_check if not allowed.match(k)] == []
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    apply_profile("gpu", params, ROOT / "profiles")
+    changed = apply_profile("gpu-check", params, ROOT / "profiles")
+    assert set(changed) <= set(flat_check) and "train.gsm8k.vllm.use_vllm" in changed
+    checked = load_params(params)
+    assert checked["train.alpaca"].model.load_in_4bit is True  # still the gpu profile
+    assert checked["base.text"].pretrained == ".gpu-check/models/text"

@@ -244,7 +244,7 @@ def test_svd_spectra_of_the_variants(runs: dict, tiny_base: Path, tmp_path: Path
     r = section("train.alpaca").lora.r
     summaries = {}
     for name in VARIANTS:
-        modules = lsvd.lora_spectra(runs[name]["adapter"], weights, [0], [1, 4, 16], 1e-8)
+        modules = lsvd.lora_spectra(runs[name]["adapter"], weights, [0], [1, 4, 16], 1e-8, "full")
         summaries[name] = lsvd.summarise(modules, [1, 4, 16])
     assert summaries["pissa"]["lora_r"] == [2 * r] and summaries["pissa"]["dw_rank_within_r"]
     assert summaries["rslora"]["dw_max_numerical_rank"] <= r

@@ -108,6 +108,11 @@ def test_few_vl_lora_steps_then_evaluate(tiny_vl_base: Path, tmp_path: Path, mon
     }
     assert (tmp_path / "live" / "plots" / "metrics").is_dir()
     assert not (tmp_path / ".tunelab/checkpoints/train/car_insurance").exists()
+    # the run card holds the values the trainer ran with, read back from its args
+    used = run["trainer_args"]["used"]
+    assert used["learning_rate"] == params.optim.learning_rate and used["max_steps"] == 3
+    assert used["per_device_train_batch_size"] == 4 and used["lr_scheduler_type"] == "cosine"
+    assert run["trainer_args"]["changed_by_libraries"] == {}
 
     ev = section("evaluate.car_insurance", max_samples=3, batch_size=2, decoding__max_new_tokens=6)
     metrics, rows = evaluate_vl(ev, tiny_vl_base, adapter, data)
@@ -115,3 +120,43 @@ def test_few_vl_lora_steps_then_evaluate(tiny_vl_base: Path, tmp_path: Path, mon
     for name in ("base", "tuned"):
         assert set(metrics[name]) == {"exact_match", "cer", "format_compliance"}
     assert rows[0]["reading"] and rows[0]["image"].startswith("images/")
+
+
+UNSLOTH_PATCHED_BOUNDS = """
+import sys, types
+import unsloth  # noqa: F401  (unsloth_zoo refuses to import without it)
+from unsloth_zoo.temporary_patches.misc import patch_qwen2vl_image_processor_pixel_attrs
+from transformers import Qwen2VLImageProcessor
+from tunelab.config import PixelBoundsParams
+from tunelab.training.vl import set_image_bounds
+
+patch_qwen2vl_image_processor_pixel_attrs()  # what importing unsloth does on a GPU
+assert isinstance(Qwen2VLImageProcessor.__dict__["min_pixels"], property)
+ip = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12544)
+set_image_bounds(types.SimpleNamespace(image_processor=ip), PixelBoundsParams(min_pixels=4000, max_pixels=9000))
+print(ip.size["shortest_edge"], ip.size["longest_edge"], ip.min_pixels, ip.max_pixels)
+"""
+
+
+def test_image_bounds_under_unsloth_zoos_read_only_properties(tmp_path: Path) -> None:
+    """On a GPU, importing Unsloth makes min_pixels / max_pixels read-only properties.
+
+    The patch is unsloth_zoo's own function, applied here by hand because the CPU backend
+    of Unsloth does not apply it (a fresh process: it changes the class for good).
+    """
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("unsloth") is None:
+        pytest.skip("unsloth is not installed")
+    res = subprocess.run(
+        [sys.executable, "-c", UNSLOTH_PATCHED_BOUNDS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[-4:] == ["4000", "9000", "4000", "9000"]

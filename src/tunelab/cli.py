@@ -4,7 +4,8 @@ tunelab profile gpu|smoke     write a profile's values into params.yaml
 tunelab params                validate every section of params.yaml
 tunelab compare REV_A REV_B   params and metric deltas of two revisions (markdown)
 tunelab variants SCENARIO     the LoRA-variants table over HEAD and its experiments
-tunelab export SCENARIO       merge adapters/SCENARIO into its base: a plain HF model
+tunelab export SCENARIO       merge adapters/SCENARIO into its base: a plain HF model,
+                              or (--format gguf) one .gguf file and an Ollama Modelfile
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tunelab.config import GGUF_QUANTS
 from tunelab.errors import TunelabError
 
 
@@ -63,10 +65,32 @@ def cmd_variants(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from tunelab.config import load_section
-    from tunelab.export import export_adapter
+    from tunelab.gguf_export import check_quant, check_trained_base
 
+    output = load_section("export.output", Path(args.params))
+    fmt = args.format or output.format
+    if fmt not in ("safetensors", "gguf"):
+        raise TunelabError("--format", f"unknown format {fmt!r} (safetensors or gguf)")
+    if args.quant is not None and fmt != "gguf":
+        raise TunelabError("--quant", "applies to --format gguf only")
+    quant = check_quant(args.quant, "--quant") if args.quant is not None else output.quant
     params = load_section("export.merge", Path(args.params))
     adapter = Path(args.adapter) if args.adapter else Path("adapters") / args.scenario
+    check_trained_base(adapter)
+    if fmt == "gguf":
+        from tunelab.gguf_export import export_gguf
+
+        name = f"{args.scenario}-{quant}"
+        out = Path(args.out) if args.out else Path("exports") / name
+        card = export_gguf(adapter, out, params, quant, name)
+        print(
+            f"export {args.scenario}: {card['parameters']:,} parameters as GGUF {quant} "
+            f"({card['file_bytes'] / 2**20:.1f} MiB) written to {out / card['file']}; "
+            f"Ollama: ollama create tunelab-{args.scenario} -f {out / 'Modelfile'}"
+        )
+        return
+    from tunelab.export import export_adapter
+
     out = Path(args.out) if args.out else Path("exports") / args.scenario
     card = export_adapter(adapter, out, params)
     print(
@@ -98,10 +122,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("revs", metavar="REV", nargs="*", help="default: HEAD and its experiments")
     p.add_argument("--out", help="write the markdown to this file instead of stdout")
     p.set_defaults(func=cmd_variants)
-    p = sub.add_parser("export", help="merge a scenario's adapter into its base model")
+    p = sub.add_parser(
+        "export",
+        help="merge a scenario's adapter into its base model (safetensors or GGUF + Modelfile)",
+        description="Merge adapters/SCENARIO into its base. The format and the GGUF "
+        "quantization come from params.yaml's export.output; --format and --quant, "
+        "when given, override them.",
+    )
     p.add_argument("scenario")
     p.add_argument("--adapter", help="adapter folder (default adapters/SCENARIO)")
-    p.add_argument("--out", help="output folder (default exports/SCENARIO)")
+    p.add_argument(
+        "--out",
+        help="output folder (default exports/SCENARIO, or exports/SCENARIO-QUANT for gguf)",
+    )
+    p.add_argument(
+        "--format",
+        metavar="{safetensors,gguf}",
+        help="overrides export.output.format: a merged HF folder, or one .gguf file "
+        "with an Ollama Modelfile",
+    )
+    p.add_argument(
+        "--quant",
+        metavar="{" + ",".join(GGUF_QUANTS) + "}",
+        help="overrides export.output.quant: the GGUF tensor type of the matrices "
+        "(norms stay f32); gguf only",
+    )
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)

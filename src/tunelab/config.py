@@ -267,6 +267,14 @@ class GenerationEngineParams(Section):
     ]
 
 
+class QuantizedGenerationParams(GenerationEngineParams):
+    """The generation block of sections that may load a bitsandbytes 4-bit model."""
+
+    # dequantize: compile on bf16 weights holding the NF4 values (evaluate: in place;
+    # GRPO: a bf16 twin of the policy, ~2 bytes/parameter more); generate: plain generate
+    quantized: Literal["dequantize", "generate"]
+
+
 class EvalModelParams(Section):
     load_in_4bit: bool
     dtype: Literal["float32", "bfloat16", "float16"]
@@ -279,7 +287,7 @@ class SFTEvaluateParams(Section):
     max_samples: PosInt
     batch_size: PosInt
     decoding: DecodingParams
-    generation: GenerationEngineParams
+    generation: QuantizedGenerationParams
     exact_match: bool
     bleu_tokenize: Literal["13a", "zh", "char", "intl", "none"]
     num_examples: NonNegInt
@@ -302,6 +310,16 @@ class ExportMergeParams(Section):
 
     dtype: Literal["bfloat16", "float16", "float32"]
     max_shard_size: str
+
+
+GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+
+
+class ExportOutputParams(Section):
+    """export.output: what `tunelab export` writes (its --format / --quant flags override)."""
+
+    format: Literal["safetensors", "gguf"]
+    quant: Literal[GGUF_QUANTS]  # the GGUF type of the matrices (tunelab.gguf_export)
 
 
 # -------------------------------------------------------------------- gsm8k (GRPO)
@@ -387,6 +405,7 @@ class GRPOParams(Section):
     scale_rewards: Literal["group", "batch", "none"]
     num_iterations: PosInt
     epsilon: PosFloat
+    epsilon_high: PosFloat  # upper clip (DAPO's "clip higher"); = epsilon for symmetric clipping
     mask_truncated_completions: bool
     optim: OptimParams
     logging_steps: PosInt
@@ -423,7 +442,7 @@ class GRPOTrainParams(Section):
     warmup: WarmupParams
     grpo: GRPOParams
     vllm: VLLMParams
-    generation: GenerationEngineParams  # rollouts when vllm.use_vllm is false
+    generation: QuantizedGenerationParams  # rollouts when vllm.use_vllm is false
     save_steps: PosInt
 
     @model_validator(mode="after")
@@ -636,6 +655,9 @@ class LoraSpectrumParams(Section):
     layers: list[NonNegInt] | None  # decoder layers analysed; null: every layer
     top_k: Annotated[list[PosInt], Field(min_length=1)]  # energy captured by the top-k directions
     rank_rtol: OpenFraction  # singular values below rank_rtol x the largest count as zero
+    # full: SVDs of ΔW and W as they are (the demonstration); factored: ΔW's spectrum from
+    # its r x r core (QR of B and Aᵀ, exact) and W's from the eigenvalues of its Gram matrix
+    method: Literal["full", "factored"]
 
 
 class SvdParams(Section):
@@ -771,6 +793,7 @@ SECTIONS: dict[str, type[Section]] = {
     "evaluate.gsm8k": GSM8KEvaluateParams,
     "report.content": ReportContentParams,
     "export.merge": ExportMergeParams,
+    "export.output": ExportOutputParams,
     "lowrank.svd": SvdParams,
     "lowrank.als": AlsParams,
 }

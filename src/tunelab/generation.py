@@ -15,7 +15,19 @@ makes that work on real batches:
   transformers' SDPA path, given a padding mask, first copies every key/value head
   ``num_heads / num_kv_heads`` times (Qwen2.5-7B: 7x the cache traffic each step);
 * a LoRA adapter stays attached (PEFT's layers compile with the model), so rollouts see
-  the policy's current weights without merging and unmerging them every step.
+  the policy's current weights without merging and unmerging them every step;
+* a bitsandbytes 4-bit model (QLoRA: the gpu profile) cannot be compiled, so with
+  ``quantized: dequantize`` it generates from bf16 weights that hold exactly its NF4
+  values: evaluation dequantizes the loaded model in place (transformers'
+  ``dequantize()``), and GRPO, whose policy must stay 4-bit for training, samples from a
+  dequantized twin (``DequantizedTwin``: ~15 GB for a 7B model) whose LoRA weights are
+  copied from the policy before every rollout. ``quantized: generate`` keeps plain
+  ``generate`` on the 4-bit weights (a GPU without room for the twin).
+
+Why an engine of our own rather than a library: vLLM pins one torch per release and is
+absent from most machines, and transformers' continuous batching drops the LoRA layers
+PEFT adds; this path is transformers' own static-cache ``generate``, so every model
+transformers supports works unchanged and greedy results stay those of ``generate``.
 
 Greedy outputs are token-identical to plain ``generate`` on the CPU (tests); on a GPU,
 bf16 kernels that reduce in a different order can flip near-ties (bench/NOTES.md).
@@ -36,21 +48,108 @@ if TYPE_CHECKING:
 GROUPED = "tunelab_grouped"
 
 
-def resolve_engine(params: GenerationEngineParams, model: Any) -> str:
-    """``compiled`` or ``generate``: ``auto`` compiles on an accelerator, not on the CPU.
-
-    Models quantized by bitsandbytes stay on plain ``generate``: transformers does not
-    compile them (their quantizer is not compileable).
-    """
-    if params.engine != "auto":
-        return params.engine
-    quantizer = getattr(model, "hf_quantizer", None) or getattr(
-        getattr(model, "base_model", None), "hf_quantizer", None
+def is_quantized(model: Any) -> bool:
+    """True for a model (or PEFT model) whose base weights bitsandbytes quantized."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return any(
+        type(p).__name__ in ("Params4bit", "Int8Params") for p in base.parameters(recurse=True)
     )
-    if quantizer is not None and not getattr(quantizer, "is_compileable", False):
+
+
+def resolve_engine(params: GenerationEngineParams, model: Any) -> str:
+    """``compiled``, ``dequantize`` or ``generate`` for this model.
+
+    ``auto`` compiles on an accelerator, not on the CPU. A bitsandbytes-quantized model
+    is never compiled itself (its quantizer is not compileable): where the engine would
+    compile and ``params.quantized`` is ``dequantize`` the answer is ``dequantize`` (the
+    caller generates from bf16 weights holding the same values, see the module
+    docstring), otherwise plain ``generate``.
+    """
+    if params.engine == "generate":
         return "generate"
     device = next(model.parameters()).device
-    return "compiled" if device.type == "cuda" else "generate"
+    compile_here = params.engine == "compiled" or device.type == "cuda"
+    if is_quantized(model):
+        # Only sections that can load 4-bit offer the choice (evaluate.gsm8k loads bf16).
+        wanted = getattr(params, "quantized", None)
+        return "dequantize" if compile_here and wanted == "dequantize" else "generate"
+    return "compiled" if compile_here else "generate"
+
+
+def for_generation(model: Any, params: GenerationEngineParams) -> Any:
+    """The model evaluation should use: dequantized in place when the engine says so.
+
+    Call before attaching an adapter. transformers' ``dequantize()`` replaces every
+    bitsandbytes layer with a plain ``Linear`` holding the dequantized NF4 weights, so
+    scores and generations are those of the 4-bit model, computed in bf16 (and compiled).
+    """
+    if resolve_engine(params, model) != "dequantize":
+        return model
+    return model.dequantize()
+
+
+class DequantizedTwin:
+    """A bf16 copy of a 4-bit PEFT policy for sampling, kept in sync with its LoRA weights.
+
+    Simplified: single process, one adapter (``default``) with LoRA layers only; the base
+    weights are copied once (they are frozen), the LoRA weights before every rollout with
+    in-place copies, so a captured CUDA graph of the twin stays valid.
+    """
+
+    def __init__(self, policy: Any, adapter: str = "default") -> None:
+        import copy
+
+        import torch
+        from peft import get_peft_model
+        from peft.utils.integrations import dequantize_module_weight
+
+        base = policy.get_base_model()
+        embed = base.get_input_embeddings().weight
+        config = copy.deepcopy(base.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        with torch.device(embed.device):
+            twin = type(base)._from_config(config, dtype=embed.dtype)
+        source = dict(base.named_modules())
+        with torch.no_grad():
+            for name, module in twin.named_modules():
+                own = list(module.named_parameters(recurse=False))
+                if not own:
+                    continue
+                other = source[name]
+                other = getattr(other, "base_layer", other)  # the layer a LoRA layer wraps
+                for pname, param in own:
+                    value = (
+                        dequantize_module_weight(other)
+                        if pname == "weight"
+                        else getattr(other, pname)
+                    )
+                    param.copy_(value.to(param.dtype))
+        twin.requires_grad_(False)
+        twin.generation_config = copy.deepcopy(base.generation_config)
+        self.adapter = adapter
+        self.policy = policy
+        self.model = get_peft_model(twin, copy.deepcopy(policy.peft_config[adapter])).eval()
+        self._pairs = self._lora_pairs()
+        self.sync()
+
+    def _lora_pairs(self) -> list[tuple[Any, Any]]:
+        mine = dict(self.model.named_parameters())
+        pairs = []
+        for name, param in self.policy.named_parameters():
+            if "lora_" in name and f".{self.adapter}." in name:
+                pairs.append((mine[name], param))
+        if not pairs:
+            raise ValueError(f"the policy has no LoRA weights for adapter {self.adapter!r}")
+        return pairs
+
+    def sync(self) -> None:
+        """Copy the policy's current LoRA weights into the twin (in place)."""
+        import torch
+
+        with torch.no_grad():
+            for mine, theirs in self._pairs:
+                mine.copy_(theirs.detach().to(mine.dtype))
 
 
 def _grouped_attention(
@@ -146,6 +245,8 @@ def generate_new_tokens(
     from transformers import CompileConfig, GenerationConfig
 
     engine = resolve_engine(params, model)
+    if engine == "dequantize":
+        raise ValueError("a 4-bit model: generate from for_generation() or a DequantizedTwin")
     pad_id = generation_kwargs["pad_token_id"]
     kwargs = {k: v for k, v in generation_kwargs.items() if k != "cache_implementation"}
     if engine == "compiled":

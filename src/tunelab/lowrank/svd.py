@@ -20,7 +20,8 @@ energy (share of Σs²) captured by the top-k directions, and the LoRA paper's
 amplification factor ‖ΔW‖_F / ‖UᵀWV‖_F (U, V: ΔW's top-r singular vectors).
 A DoRA adapter also stores a magnitude m per output row; its layer computes
 m ⊙ (W + s·B·A) / ‖W + s·B·A‖_row, so its ΔW is that minus W (PEFT's merge), a
-row rescaling of W on top of the low-rank part: not of rank r in general.
+row rescaling of W on top of the low-rank part: not of rank r in general, so its
+spectrum always comes from a full SVD of ΔW, whatever ``method`` says.
 """
 
 from __future__ import annotations
@@ -299,12 +300,23 @@ class BaseWeights:
         with safe_open(str(self.index[key]), framework="pt") as fh:
             return fh.get_tensor(key).to(device=_device(), dtype=torch.float64)
 
-    def svdvals(self, module: str, w: Any) -> Any:
-        """W's singular values, computed once per module and shared by every adapter."""
+    def svdvals(self, module: str, w: Any, method: str) -> Any:
+        """W's singular values, computed once per module and shared by every adapter.
+
+        ``factored``: the square roots of the eigenvalues of the smaller Gram matrix
+        (W Wᵀ or Wᵀ W), largest first; one matrix product and a symmetric eigensolver
+        instead of an SVD. Squaring loses relative precision only on singular values far
+        below the largest (irrelevant for the energy fractions reported).
+        """
         import torch
 
         if module not in self._spectra:
-            self._spectra[module] = torch.linalg.svdvals(w)
+            if method == "full":
+                self._spectra[module] = torch.linalg.svdvals(w)
+            else:
+                gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+                eig = torch.linalg.eigvalsh(gram).clamp_min(0).flip(0)
+                self._spectra[module] = eig.sqrt()
         return self._spectra[module]
 
 
@@ -314,18 +326,45 @@ def _device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def factored_svd(update: LoraUpdate, device: Any) -> tuple[Any, Any, Any]:
+    """The SVD of ΔW = s·B·A from its r x r core, without forming ΔW (exact).
+
+    B = Q_b R_b and Aᵀ = Q_a R_a (thin QR), so ΔW = Q_b (s R_b R_aᵀ) Q_aᵀ and the SVD of
+    the small core U_c S V_cᵀ gives ΔW's: U = Q_b U_c, S, Vᵀ = V_cᵀ Q_aᵀ. The spectrum is
+    padded with zeros to min(out, in), the length a full SVD returns.
+    """
+    import torch
+
+    b, a = update.b.to(device), update.a.to(device)
+    if update.fan_in_fan_out:  # ΔW = (s·B·A)ᵀ = s·Aᵀ·Bᵀ
+        b, a = a.T, b.T
+    qb, rb = torch.linalg.qr(b)
+    qa, ra = torch.linalg.qr(a.T)
+    uc, s_core, vch = torch.linalg.svd(update.scaling * (rb @ ra.T))
+    n = min(b.shape[0], a.shape[1])
+    s_dw = torch.cat([s_core, s_core.new_zeros(n - s_core.shape[0])])
+    return qb @ uc, s_dw, vch @ qa.T
+
+
 def module_spectrum(
-    w: Any, s_w: Any, update: LoraUpdate, top_k: list[int], rank_rtol: float
+    w: Any, s_w: Any, update: LoraUpdate, top_k: list[int], rank_rtol: float, method: str
 ) -> dict:
     """Spectra of W and ΔW, numerical rank of ΔW, top-k energies, amplification factor."""
     import torch
 
-    dw = update.delta(w)
-    if tuple(dw.shape) != tuple(w.shape):
+    shape = (update.b.shape[0], update.a.shape[1])
+    shape = shape[::-1] if update.fan_in_fan_out else shape
+    if tuple(shape) != tuple(w.shape):
         raise TunelabError(
-            update.module, f"ΔW shape {tuple(dw.shape)} != base weight {tuple(w.shape)}"
+            update.module, f"ΔW shape {tuple(shape)} != base weight {tuple(w.shape)}"
         )
-    u, s_dw, vh = torch.linalg.svd(dw, full_matrices=False)
+    if method == "full" or update.magnitude is not None:  # DoRA's ΔW is not of rank r
+        dw = update.delta(w)
+        u, s_dw, vh = torch.linalg.svd(dw, full_matrices=False)
+        dw_norm = torch.linalg.norm(dw)
+    else:
+        u, s_dw, vh = factored_svd(update, w.device)
+        dw_norm = torch.linalg.norm(s_dw)  # = ||ΔW||_F
     full = min(w.shape)
     if max(top_k) > full:
         raise TunelabError(
@@ -336,7 +375,6 @@ def module_spectrum(
     e_dw = torch.cumsum(s_dw**2, 0) / torch.sum(s_dw**2) if s_dw[0] > 0 else torch.ones_like(s_dw)
     r = update.r
     projected = torch.linalg.norm(u[:, :r].T @ w @ vh[:r].T)
-    dw_norm = torch.linalg.norm(dw)
     return {
         "module": update.module,
         "layer": update.layer,
@@ -362,6 +400,7 @@ def lora_spectra(
     layers: list[int] | None,
     top_k: list[int],
     rank_rtol: float,
+    method: str,
 ) -> list[dict]:
     """module_spectrum for every LoRA module of an adapter in the selected decoder layers."""
     updates = read_lora(adapter_dir)
@@ -378,7 +417,8 @@ def lora_spectra(
     out = []
     for u in updates:
         w = weights.get(u.module)
-        out.append(module_spectrum(w, weights.svdvals(u.module, w), u, top_k, rank_rtol))
+        s_w = weights.svdvals(u.module, w, method)
+        out.append(module_spectrum(w, s_w, u, top_k, rank_rtol, method))
     return out
 
 

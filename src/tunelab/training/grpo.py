@@ -99,6 +99,7 @@ def grpo_config(params: GRPOTrainParams, output_dir: Path, **overrides: Any) -> 
         scale_rewards=g.scale_rewards,
         num_iterations=g.num_iterations,
         epsilon=g.epsilon,
+        epsilon_high=g.epsilon_high,
         mask_truncated_completions=g.mask_truncated_completions,
         use_vllm=params.vllm.use_vllm,
         vllm_mode=params.vllm.mode,
@@ -106,35 +107,60 @@ def grpo_config(params: GRPOTrainParams, output_dir: Path, **overrides: Any) -> 
         **trainer_args(o, g.logging_steps, params.save_steps, params.seed, params.model.dtype),
     )
     kwargs.update(overrides)
-    return GRPOConfig(**kwargs)
+    from tunelab.training.runcard import with_asked
+
+    return with_asked(GRPOConfig(**kwargs), kwargs)
 
 
-def rollout_trainer(params: GRPOTrainParams) -> type:
+def rollout_engine(params: GRPOTrainParams, backend: str, model: Any) -> str:
+    """Where rollouts come from: vllm, compiled, dequantized_twin, unsloth or generate.
+
+    With the unsloth backend a quantized policy samples through Unsloth's own decode
+    (it replaces the Qwen2 forward functions with its own, which keep no transformers
+    cache, so the static-cache engine cannot run on that model or on a copy of it).
+    """
+    from tunelab.generation import resolve_engine
+
+    if params.vllm.use_vllm:
+        return "vllm"
+    engine = resolve_engine(params.generation, model)
+    if engine == "dequantize":
+        return "unsloth" if backend == "unsloth" else "dequantized_twin"
+    if engine == "generate" and backend == "unsloth":
+        return "unsloth"
+    return engine
+
+
+def rollout_trainer(params: GRPOTrainParams, backend: str) -> type:
     """GRPOTrainer whose transformers rollouts use tunelab.generation's compiled engine.
 
     vLLM (``vllm.use_vllm``) and TRL's own paths are left as they are; with the engine
     resolving to ``generate`` (auto on the CPU) this is TRL's plain ``generate``. The
     whole generation batch (prompts x num_generations) is one batch; the LoRA adapter
-    stays attached, so each step samples from the current policy.
+    stays attached, so each step samples from the current policy. A 4-bit policy with
+    ``generation.quantized: dequantize`` samples from a bf16 twin (tunelab.generation's
+    DequantizedTwin), its LoRA weights copied from the policy before every rollout.
     """
     from trl import GRPOTrainer
     from trl.models import unwrap_model_for_generation
     from trl.trainer.utils import pad
 
-    from tunelab.generation import generate_new_tokens, resolve_engine
+    from tunelab.generation import DequantizedTwin, generate_new_tokens
 
     class RolloutGRPOTrainer(with_loraplus(GRPOTrainer, params.grpo.optim.loraplus_lr_ratio)):
+        _twin: DequantizedTwin | None = None
+
         def _generate_single_turn(
             self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
         ):
             import torch
 
-            compiled = resolve_engine(params.generation, self.model) == "compiled"
+            engine = rollout_engine(params, backend, self.model)
             plain_text = not any(images or []) and not multimodal_fields
             if (
-                self.use_vllm
-                or self.use_transformers_continuous_batching
-                or not (compiled and plain_text)
+                self.use_transformers_continuous_batching
+                or engine not in ("compiled", "dequantized_twin")
+                or not plain_text
             ):
                 return super()._generate_single_turn(
                     prompt_ids, images, multimodal_fields, num_generations, has_tool_images
@@ -143,20 +169,35 @@ def rollout_trainer(params: GRPOTrainParams) -> type:
             ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
             mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
             device = self.accelerator.device
-            with (
-                unwrap_model_for_generation(
-                    self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs
-                ) as unwrapped,
-                self._dist.summon_full_params(self.model_wrapped, recurse=False),
-            ):
+            if engine == "dequantized_twin":
+                if self._twin is None:
+                    self._twin = DequantizedTwin(self.accelerator.unwrap_model(self.model))
+                self._twin.sync()
                 rows = generate_new_tokens(
-                    unwrapped,
+                    self._twin.model,
                     ids.to(device),
                     mask.to(device),
                     params.generation,
                     len(prompt_ids),
                     self.generation_kwargs,
                 )
+            else:
+                with (
+                    unwrap_model_for_generation(
+                        self.model_wrapped,
+                        self.accelerator,
+                        generation_kwargs=self.generation_kwargs,
+                    ) as unwrapped,
+                    self._dist.summon_full_params(self.model_wrapped, recurse=False),
+                ):
+                    rows = generate_new_tokens(
+                        unwrapped,
+                        ids.to(device),
+                        mask.to(device),
+                        params.generation,
+                        len(prompt_ids),
+                        self.generation_kwargs,
+                    )
             eos = set(self.eos_token_ids)
             completions = []
             for row in rows:  # up to and including the first EOS, as TRL's own path
@@ -213,6 +254,7 @@ def run_warmup(
     from trl import SFTTrainer
 
     from tunelab.training.live import live_callback
+    from tunelab.training.runcard import trainer_settings
 
     done = ckpt / "warmup_adapter"
     if (done / "adapter_model.safetensors").is_file():
@@ -247,6 +289,7 @@ def run_warmup(
         "first_logged_loss": history[0]["loss"] if history else None,
         "last_logged_loss": history[-1]["loss"] if history else None,
         "rows": len(dataset),
+        "trainer_args": trainer_settings(trainer.args),
     }
 
 
@@ -285,7 +328,7 @@ def train_grpo(
     from tunelab.models.loading import resolve_base
     from tunelab.rewards import reward_functions
     from tunelab.training.live import live_callback
-    from tunelab.training.runcard import run_card
+    from tunelab.training.runcard import run_card, trainer_settings
 
     check_vllm(params)
     check_backend(SECTION, params.lora, backend, params.vllm.use_vllm)
@@ -317,7 +360,7 @@ def train_grpo(
             [{"prompt": r["prompt"], "target": r["target"]} for r in records]
         )
         callbacks, end_live = live_callback(live_dir, resumable)
-        trainer = rollout_trainer(params)(
+        trainer = rollout_trainer(params, backend)(
             model=model,
             reward_funcs=reward_functions(params.format, params.rewards),
             args=grpo_config(params, folder),
@@ -338,8 +381,10 @@ def train_grpo(
         base_model={"name_or_path": name_or_path, "revision": revision},
         chat_template_replaced=template_replaced,
         warmup=warmup,
+        trainer_args=trainer_settings(trainer.args),
         grpo={
             "global_step": trainer.state.global_step,
+            "rollout_engine": rollout_engine(params, backend, trainer.model),
             "resumed": resumable,
             "prompts": len(dataset),
             "curves": _summary(trainer.state.log_history),

@@ -34,3 +34,38 @@ def run_card(
         "wall_seconds": round(wall_seconds, 2),
         **extra,
     }
+
+
+ASKED = "tunelab_asked"  # attribute of a trainer config: the keyword arguments tunelab gave it
+
+
+def with_asked(config: Any, kwargs: dict[str, Any]) -> Any:
+    """Remember on a TRL config what tunelab asked for (see trainer_settings)."""
+    setattr(config, ASKED, dict(kwargs))
+    return config
+
+
+def _plain(value: Any) -> Any:
+    value = getattr(value, "value", value)  # transformers' enums (schedulers, optimizers)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def trainer_settings(args: Any) -> dict[str, Any]:
+    """What the trainer ran with, read back from its args after every library had its say.
+
+    ``used``: each setting tunelab passed (from params), as the trainer holds it now;
+    ``changed_by_libraries``: those whose value differs from what params asked (Unsloth,
+    for one, rewrites some GRPO settings in its config class). Output paths and logging
+    integrations (``report_to``, which transformers turns from "none" into []) are left out.
+    """
+    asked = getattr(args, ASKED, {})
+    skip = {"output_dir", "report_to"}
+    used = {k: _plain(getattr(args, k, None)) for k in sorted(asked) if k not in skip}
+    changed = {
+        k: {"asked": _plain(asked[k]), "used": v} for k, v in used.items() if v != _plain(asked[k])
+    }
+    return {"used": used, "changed_by_libraries": changed}

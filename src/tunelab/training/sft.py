@@ -107,7 +107,9 @@ def sft_config(params: SFTTrainParams, output_dir: Path, **overrides: Any) -> An
         ),
     )
     kwargs.update(overrides)
-    return SFTConfig(**kwargs)
+    from tunelab.training.runcard import with_asked
+
+    return with_asked(SFTConfig(**kwargs), kwargs)
 
 
 def train_sft(
@@ -136,7 +138,7 @@ def train_sft(
     from tunelab.models.loading import resolve_base
     from tunelab.training.backends import load_hf, load_unsloth
     from tunelab.training.live import live_callback
-    from tunelab.training.runcard import run_card
+    from tunelab.training.runcard import run_card, trainer_settings
     from tunelab.training.throughput import ThroughputMeter
     from tunelab.training.variants import save_adapter, save_initial, variant_card, with_loraplus
 
@@ -214,6 +216,7 @@ def train_sft(
             "train_rows": len(train_ds),
         },
         throughput=meter.summary(),
+        trainer_args=trainer_settings(trainer.args),
         distributed={
             "world_size": world,
             "strategy": launch.strategy if launch is not None and world > 1 else "single",

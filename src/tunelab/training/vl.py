@@ -66,8 +66,17 @@ def set_image_bounds(processor: Any, bounds: PixelBoundsParams) -> None:
     ip = processor.image_processor
     ip.size = {"shortest_edge": bounds.min_pixels, "longest_edge": bounds.max_pixels}
     for name, value in (("min_pixels", bounds.min_pixels), ("max_pixels", bounds.max_pixels)):
+        # unsloth_zoo (on a GPU) adds read-only properties that read ``size`` back.
+        attr = getattr(type(ip), name, None)
+        if isinstance(attr, property) and attr.fset is None:
+            continue
         if hasattr(ip, name):
             setattr(ip, name, value)
+    if (ip.size["shortest_edge"], ip.size["longest_edge"]) != (
+        bounds.min_pixels,
+        bounds.max_pixels,
+    ):
+        raise RuntimeError(f"the image processor did not take the bounds {bounds}")
 
 
 def load_processor(name_or_path: str, revision: str | None, trust_remote_code: bool) -> Any:
@@ -227,7 +236,9 @@ def vl_config(params: VLTrainParams, output_dir: Path) -> Any:
             params.optim, params.logging_steps, params.save_steps, params.seed, params.model.dtype
         ),
     )
-    return SFTConfig(**kwargs)
+    from tunelab.training.runcard import with_asked
+
+    return with_asked(SFTConfig(**kwargs), kwargs)
 
 
 def train_vl(
@@ -250,7 +261,7 @@ def train_vl(
     from tunelab import stage
     from tunelab.models.loading import resolve_base
     from tunelab.training.live import live_callback
-    from tunelab.training.runcard import run_card
+    from tunelab.training.runcard import run_card, trainer_settings
     from tunelab.training.sft import checkpoint_dir, fingerprint
     from tunelab.training.variants import save_adapter, save_initial, variant_card, with_loraplus
 
@@ -291,6 +302,7 @@ def train_vl(
         base_model={"name_or_path": name_or_path, "revision": revision},
         lora_target_modules=lora_target_regex(params.lora) if backend == "hf" else "unsloth",
         trainable_parameters=trainable,
+        trainer_args=trainer_settings(trainer.args),
         resumed=resumable,
         train={
             "global_step": trainer.state.global_step,
