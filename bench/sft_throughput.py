@@ -17,6 +17,10 @@ not leak between setups):
   with params.yaml + profiles/gpu.yaml (train.alpaca), the model loaded through
   tunelab's loading code, overridden only where the setup says so and in
   max_steps / gradient_accumulation_steps=1 (4 x 2048 = 8192 tokens per step).
+  ``tunelab_gpu_{dora,rslora,loraplus}`` and ``tunelab_bf16_pissa`` change one LoRA
+  variant key each (``--setups variants`` runs them with their two baselines); their
+  results also carry the train wall time (load + init + steps + save) and the run
+  card's ``lora_variant`` (adapter size, saved rank).
 
 Same model, same rows (the project's alpaca sample run through tunelab's prepare
 code, repeated), same LoRA rank and targets. Figures: real (non-padding) tokens per
@@ -82,7 +86,14 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "tunelab_gpu_hf": ("hf", {"backend": "hf"}),
     "tunelab_gpu_hf_liger": ("hf", {"backend": "hf", "liger_kernel": True}),
     "tunelab_gpu_hf_no_liger": ("hf", {"backend": "hf", "liger_kernel": False}),
+    # LoRA variants (issue 19): the gpu profile's path with one variant key changed; PiSSA
+    # rewrites the base weights and needs a bf16 base (compare with tunelab_unsloth_bf16).
+    "tunelab_gpu_dora": ("variants", {"lora.use_dora": True}),
+    "tunelab_gpu_rslora": ("variants", {"lora.use_rslora": True}),
+    "tunelab_gpu_loraplus": ("variants", {"optim.loraplus_lr_ratio": 16.0}),
+    "tunelab_bf16_pissa": ("variants_bf16", {"model.load_in_4bit": False, "lora.init": "pissa"}),
 }
+VARIANT_SETUPS = [n for n, (group, _) in SETUPS.items() if group.startswith("variants")]
 
 
 def log(msg: str) -> None:
@@ -456,6 +467,8 @@ def run_tunelab(
         },
         "last_logged_loss": card["train"]["last_logged_loss"],
         "adapter_files": sorted(p.name for p in (work / "adapters" / name).iterdir()),
+        "train_wall_seconds": card["wall_seconds"],  # load + adapter init + steps + save
+        "lora_variant": card["lora_variant"],
     }
     return t
 
@@ -509,7 +522,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--out", type=Path, help="JSON result file (e.g. bench/results/...)")
-    parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, in order")
+    parser.add_argument(
+        "--setups",
+        default=",".join(n for n in SETUPS if n not in VARIANT_SETUPS),
+        help="comma-separated, in order; 'variants': the LoRA-variant setups and baselines",
+    )
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per setup")
     parser.add_argument("--profile", default="tunelab_gpu", help="setups to profile (last 2 steps)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (model, data)")
@@ -533,6 +550,8 @@ def main() -> None:
         args.work = (shm if roomy else ROOT / ".tunelab") / "bench-sft"
     args.work.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.setups.split(",") if n]
+    if names == ["variants"]:  # the variant setups with the two baselines they differ from
+        names = ["tunelab_gpu", "tunelab_unsloth_bf16", *VARIANT_SETUPS]
     unknown = [n for n in names if n not in SETUPS]
     if unknown:
         sys.exit(f"unknown setups {unknown}; known: {', '.join(SETUPS)}")

@@ -133,3 +133,78 @@ def test_experiment_names_compare_like_commits(repo: Path) -> None:
     text = compare("HEAD", "lr05", repo)
     assert "| params.yaml | train.toy.learning_rate | 0.3 | 0.5 |" in text
     git("checkout", "-q", "--", ".", cwd=repo)  # the exp run applied its results to the workspace
+
+
+VARIANT_STAGE = """\
+import json, pathlib, yaml
+p = yaml.safe_load(open("params.yaml"))["train"]["alpaca"]
+dora = p["lora"]["use_dora"]
+loss = 0.25 if dora else 0.3
+out = pathlib.Path("reports/metrics"); (out / "evaluate").mkdir(parents=True, exist_ok=True)
+(out / "svd").mkdir(parents=True, exist_ok=True)
+json.dump({"base": {"val_loss": 4.8, "rougeL": 0.0}, "tuned": {"val_loss": loss, "rougeL": 80.0}},
+          open(out / "evaluate/alpaca.json", "w"))
+json.dump({"alpaca": {"dw_max_numerical_rank": 128 if dora else 16,
+                      "dw_energy_top_mean": {"1": 0.5, "16": 0.9 if dora else 1.0},
+                      "dw_over_w_median": 0.3, "amplification_median": 2.0}},
+          open(out / "svd/lora.json", "w"))
+card = pathlib.Path("adapters/alpaca"); card.mkdir(parents=True, exist_ok=True)
+json.dump({"seed": 42, "wall_seconds": 31.5, "train": {"global_step": 150},
+           "lora_variant": {"label": "DoRA" if dora else "LoRA", "adapter_bytes": 2_000_000,
+                            "saved_r": 16, "trainable_parameters": 500_000}},
+          open(card / "run_card.json", "w"))
+"""
+
+VARIANT_DVC_YAML = """\
+stages:
+  train:
+    cmd: python train.py
+    deps: [train.py]
+    params: [train.alpaca]
+    outs: [adapters/alpaca]
+    metrics:
+      - reports/metrics/evaluate/alpaca.json: {cache: false}
+      - reports/metrics/svd/lora.json: {cache: false}
+"""
+
+
+def test_tunelab_variants_reads_each_experiment(tmp_path: Path) -> None:
+    """`tunelab variants alpaca`: HEAD and an experiment, the adapter's run card read from
+    the DVC cache at each revision (a toy stage writes files shaped like the real ones)."""
+    from tunelab.compare import variants
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    git("init", "-q", cwd=root)
+    dvc("init", "-q", cwd=root)
+    dvc("config", "--local", "core.site_cache_dir", str(tmp_path / "site-cache"), cwd=root)
+    (root / "train.py").write_text(VARIANT_STAGE)
+    (root / "dvc.yaml").write_text(VARIANT_DVC_YAML)
+    (root / "params.yaml").write_text(
+        "train:\n  alpaca:\n    lora: {use_dora: false, use_rslora: false, init: default}\n"
+        "    optim: {loraplus_lr_ratio: null}\n"
+    )
+    dvc("repro", "-q", cwd=root)
+    git("add", "-A", cwd=root)
+    git("commit", "-qm", "baseline", cwd=root)
+    dvc("exp", "run", "-q", "-S", "train.alpaca.lora.use_dora=true", "-n", "dora", cwd=root)
+    git("checkout", "-q", "--", ".", cwd=root)
+    dvc("checkout", "-q", cwd=root)
+
+    text = variants("alpaca", None, root)
+    lines = text.splitlines()
+    header = next(ln for ln in lines if ln.startswith("| run"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = {
+        cells[0]: dict(zip(columns, cells, strict=True))
+        for ln in lines[lines.index(header) + 2 :]
+        if ln.startswith("|")
+        for cells in [[c.strip() for c in ln.strip("|").split("|")]]
+    }
+    assert set(rows) == {"HEAD", "dora"}
+    assert rows["HEAD"]["variant"] == "LoRA" and rows["dora"]["variant"] == "DoRA"
+    assert rows["HEAD"]["held-out loss"] == "0.3" and rows["dora"]["held-out loss"] == "0.25"
+    assert rows["dora"]["ΔW rank"] == "128" and rows["dora"]["adapter MB"] == "2"
+    assert rows["HEAD"]["train s"] == "31.5" and rows["HEAD"]["steps"] == "150"
+    with pytest.raises(TunelabError, match="revision nope"):
+        variants("alpaca", ["nope"], root)

@@ -196,10 +196,45 @@ def test_lora_update_matches_peft_and_has_rank_at_most_r(base: Path, tmp_path: P
             assert f["w_energy_top"][k] == pytest.approx(m["w_energy_top"][k], abs=1e-9)
 
 
-def test_dora_and_broken_adapters_are_refused(base: Path, tmp_path: Path) -> None:
+def test_dora_update_is_what_peft_merges(base: Path, tmp_path: Path) -> None:
+    """DoRA: ΔW = m ⊙ (W + s·B·A) / ‖W + s·B·A‖_row − W, the change PEFT's merge makes; not
+    of rank r, so both methods take its full SVD."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models.loading import resolve_base
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "down_proj"],
+        init_lora_weights=False,
+        use_dora=True,
+    )
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():  # a trained magnitude: not the norm it starts from
+        for name, p in peft_model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.rand_like(p))
+    peft_model.save_pretrained(tmp_path / "dora")
+    merged = {n: p.detach().double() for n, p in peft_model.merge_and_unload().state_dict().items()}
+    weights = lsvd.BaseWeights(*resolve_base(base))
+    updates = lsvd.read_lora(tmp_path / "dora")
+    assert len(updates) == 8 and all(u.magnitude is not None for u in updates)
+    for u in updates:
+        w = weights.get(u.module)
+        expect = merged[f"{u.module}.weight"] - w
+        torch.testing.assert_close(u.delta(w), expect, atol=1e-6, rtol=1e-4)
+    full = lsvd.lora_spectra(tmp_path / "dora", weights, None, [1, 4], 1e-8, "full")
+    fast = lsvd.lora_spectra(tmp_path / "dora", weights, None, [1, 4], 1e-8, "factored")
+    assert [m["s_dw"] for m in full] == [m["s_dw"] for m in fast]
+    assert all(m["dw_numerical_rank"] > m["lora_r"] for m in full)
+
+
+def test_broken_adapters_are_refused(base: Path, tmp_path: Path) -> None:
     save_lora(base, tmp_path / "dora", seed=2, use_dora=True)
-    with pytest.raises(TunelabError, match="DoRA"):
-        lsvd.read_lora(tmp_path / "dora")
     with pytest.raises(TunelabError, match="not a LoRA adapter"):
         lsvd.read_lora(tmp_path)
     shutil.copytree(tmp_path / "dora", tmp_path / "bad")

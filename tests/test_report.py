@@ -119,6 +119,9 @@ def test_report_markdown_and_html(project: Path) -> None:
     assert "| prompt | reference | base | tuned |" in md
     assert re.search(r"\| train\.global_step \| 4 \|", md)
     assert "| strict | 0 | 0.25 | +0.25 |" in md  # the GRPO scenario's base/tuned table
+    # the LoRA-variants section: one row per adapter whose run card names its variant
+    assert "## LoRA variants" in md
+    assert re.search(r"\| alpaca \| LoRA \| 4 \| 42 \| [0-9.]+ \| [0-9.]+ \|", md)
     # a mapping of like mappings becomes a matrix, rows in numeric order
     assert "| ranks | rel_error | psnr_db |" in md
     assert md.index("| 2 | 0.2 | 18.5 |") < md.index("| 10 | 0.05 | 30 |")

@@ -107,3 +107,20 @@ def test_bench_uses_the_gpu_profile_with_its_overrides_only() -> None:
     q = bench.tunelab_params({"backend": "hf", "model.gradient_checkpointing": False}, 3, False)
     assert q.backend == "hf" and not q.model.gradient_checkpointing and q.model.load_in_4bit
     assert set(bench.SETUPS) >= {"hf_seed", "tunelab_gpu", "tunelab_gpu_hf"}
+
+
+def test_bench_variant_setups_validate_on_the_gpu_profile() -> None:
+    """One setup per LoRA variant (issue 19); each is a valid train.alpaca on the gpu profile."""
+    bench = _bench()
+    assert set(bench.VARIANT_SETUPS) == {
+        "tunelab_gpu_dora",
+        "tunelab_gpu_rslora",
+        "tunelab_gpu_loraplus",
+        "tunelab_bf16_pissa",
+    }
+    got = {n: bench.tunelab_params(bench.SETUPS[n][1], 5, False) for n in bench.VARIANT_SETUPS}
+    assert got["tunelab_gpu_dora"].lora.use_dora and got["tunelab_gpu_dora"].model.load_in_4bit
+    assert got["tunelab_gpu_rslora"].lora.use_rslora
+    assert got["tunelab_gpu_loraplus"].optim.loraplus_lr_ratio == 16.0
+    pissa = got["tunelab_bf16_pissa"]
+    assert pissa.lora.init == "pissa" and not pissa.model.load_in_4bit  # PiSSA needs bf16

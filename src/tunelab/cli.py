@@ -3,6 +3,7 @@
 tunelab profile gpu|smoke     write a profile's values into params.yaml
 tunelab params                validate every section of params.yaml
 tunelab compare REV_A REV_B   params and metric deltas of two revisions (markdown)
+tunelab variants SCENARIO     the LoRA-variants table over HEAD and its experiments
 tunelab export SCENARIO       merge adapters/SCENARIO into its base: a plain HF model,
                               or (--format gguf) one .gguf file and an Ollama Modelfile
 """
@@ -44,6 +45,20 @@ def cmd_compare(args: argparse.Namespace) -> None:
         with atomic_file(Path(args.out)) as fh:
             fh.write(text)
         print(f"compare: written to {args.out}")
+    else:
+        print(text)
+
+
+def cmd_variants(args: argparse.Namespace) -> None:
+    from tunelab.compare import variants
+
+    text = variants(args.scenario, args.revs or None, Path("."))
+    if args.out:
+        from tunelab.io import atomic_file
+
+        with atomic_file(Path(args.out)) as fh:
+            fh.write(text)
+        print(f"variants: written to {args.out}")
     else:
         print(text)
 
@@ -102,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--all", action="store_true", help="list unchanged metrics too")
     p.add_argument("--out", help="write the markdown to this file instead of stdout")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("variants", help="LoRA-variants table of a scenario over experiments")
+    p.add_argument("scenario")
+    p.add_argument("revs", metavar="REV", nargs="*", help="default: HEAD and its experiments")
+    p.add_argument("--out", help="write the markdown to this file instead of stdout")
+    p.set_defaults(func=cmd_variants)
     p = sub.add_parser(
         "export",
         help="merge a scenario's adapter into its base model (safetensors or GGUF + Modelfile)",

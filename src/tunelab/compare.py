@@ -1,5 +1,8 @@
 """`tunelab compare REV_A REV_B`: params and metric deltas of two revisions as markdown.
 
+(`tunelab variants SCENARIO [REV ...]`, at the end: the LoRA-variants table over
+revisions and experiments.)
+
 A thin layer over DVC's own diffs: ``dvc params diff --json`` and ``dvc metrics
 diff --json`` between two git revisions (commits, branches, tags, or experiment
 names from ``dvc exp show``), rendered as two markdown tables. DVC reads the
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.report import _is_number, _num, table
+from tunelab.report import VARIANTS_NOTE, _is_number, _num, table, variant_row, variants_table
 
 
 def dvc_json(args: list[str], cwd: Path) -> dict[str, Any]:
@@ -77,3 +80,55 @@ def compare(rev_a: str, rev_b: str, cwd: Path = Path("."), all_metrics: bool = F
     out.append(f"### {what} ({len(rows)})\n")
     out.append(table(["file", "metric", rev_a, rev_b, "Δ", "Δ %"], rows) if rows else "None.\n")
     return "\n".join(out)
+
+
+def experiment_names(cwd: Path) -> list[str]:
+    """Names of the experiments based on HEAD (``dvc exp list --name-only``)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "list", "--name-only"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise TunelabError("dvc exp list", (done.stderr.strip().splitlines() or ["failed"])[-1])
+    return sorted(ln.strip() for ln in done.stdout.splitlines() if ln.strip())
+
+
+def variants(scenario: str, revs: list[str] | None = None, cwd: Path = Path(".")) -> str:
+    """Markdown: the LoRA-variants table of ``scenario`` over git revisions / experiments.
+
+    Default revisions: HEAD and every experiment based on it. Each revision's params
+    (train.<scenario>), evaluate metrics, svd spectra and adapter run card are read at
+    that revision through DVC (git for tracked files, the DVC cache for the adapter).
+    """
+    import yaml
+    from dvc.api import DVCFileSystem
+
+    revs = revs or ["HEAD", *experiment_names(cwd)]
+    rows = []
+    for rev in revs:
+        try:
+            fs = DVCFileSystem(str(cwd), rev=rev)
+        except Exception as err:  # noqa: BLE001 - unknown revision, not a DVC repo
+            raise TunelabError(f"revision {rev}", f"cannot read it ({err})") from None
+
+        def read(path: str, fs: Any = fs) -> Any:
+            if not fs.exists(path):
+                return None
+            text = fs.read_text(path, encoding="utf-8")
+            return yaml.safe_load(text) if path.endswith(".yaml") else json.loads(text)
+
+        params = ((read("params.yaml") or {}).get("train") or {}).get(scenario)
+        if params is None:
+            raise TunelabError(f"revision {rev}: params.yaml", f"no train.{scenario} section")
+        rows.append(
+            variant_row(
+                rev,
+                read(f"adapters/{scenario}/run_card.json"),
+                read(f"reports/metrics/evaluate/{scenario}.json"),
+                (read("reports/metrics/svd/lora.json") or {}).get(scenario),
+                params,
+            )
+        )
+    return f"## LoRA variants: {scenario}\n\n{VARIANTS_NOTE}\n{variants_table(rows)}"

@@ -35,6 +35,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class ParamConflict(ValueError):
+    """Two keys of one section that cannot be used together (raised by a validator).
+
+    ``key`` and ``other`` are dotted paths relative to the model that raises it;
+    the error line names both in full (``train.alpaca.lora.use_dora: ... with
+    train.alpaca.model.load_in_4bit ...``).
+    """
+
+    def __init__(self, key: str, other: str, why: str) -> None:
+        self.key, self.other, self.why = key, other, why
+        super().__init__(f"{key}: {why} with {other}")
+
+
 # --------------------------------------------------------------------------- base
 
 
@@ -166,12 +179,51 @@ class ModelLoadParams(Section):
     gradient_checkpointing: bool
 
 
+# lora.init: PEFT's init_lora_weights names ("default" is PEFT's True: B = 0, a no-op
+# at the start). The data-driven ones (eva, corda, lora_ga, loftq) need a preprocessing
+# pass or a config of their own and are not offered.
+LORA_INIT_PATTERN = r"^(default|gaussian|orthogonal|olora|pissa|pissa_niter_[0-9]+)$"
+LoraInit = Annotated[str, Field(pattern=LORA_INIT_PATTERN)]
+
+
+def init_mutates_base(init: str) -> bool:
+    """PiSSA and OLoRA move the top of W into A, B and train on the residual base."""
+    return init == "olora" or init.startswith("pissa")
+
+
+def check_lora_variant(lora: Any, model: Any) -> None:
+    """Combinations of lora / model keys that cannot run, as a ParamConflict.
+
+    Those that depend on the resolved backend (Unsloth, vLLM, FSDP) are checked
+    before loading, in tunelab.training.variants.
+    """
+    mutates = init_mutates_base(lora.init)
+    if mutates and model.load_in_4bit:
+        raise ParamConflict(
+            "lora.init",
+            "model.load_in_4bit true",
+            f"{lora.init} rewrites the base weights as W - B·A and needs them in full precision "
+            "(PEFT's 4-bit path for it is a separate pre-processing step), not on a 4-bit base",
+        )
+    if mutates and lora.use_dora:
+        raise ParamConflict(
+            "lora.use_dora",
+            f"lora.init {lora.init}",
+            "DoRA cannot be saved as a plain adapter of the original base: PEFT's conversion "
+            "keeps A and B and drops DoRA's magnitude vector",
+        )
+    if lora.init == "orthogonal" and lora.r % 2:
+        raise ParamConflict("lora.init", f"lora.r {lora.r}", "orthogonal needs an even rank")
+
+
 class LoraParams(Section):
     r: PosInt
     alpha: PosInt
     dropout: Fraction
     target_modules: Annotated[list[str], Field(min_length=1)]
-    use_dora: bool
+    use_dora: bool  # DoRA: magnitude and direction trained apart
+    use_rslora: bool  # rank-stabilised scaling alpha / sqrt(r) instead of alpha / r
+    init: LoraInit  # default | gaussian | orthogonal | olora | pissa | pissa_niter_<n>
 
 
 class SFTDataParams(Section):
@@ -191,6 +243,7 @@ class OptimParams(Section):
     num_train_epochs: PosFloat
     max_grad_norm: PosFloat
     optim: str
+    loraplus_lr_ratio: Annotated[float, Field(ge=1)] | None  # LoRA+: B's lr / A's; null: off
 
     @model_validator(mode="after")
     def _steps(self) -> OptimParams:
@@ -211,6 +264,11 @@ class SFTTrainParams(Section):
     optim: OptimParams
     logging_steps: PosInt
     save_steps: PosInt
+
+    @model_validator(mode="after")
+    def _variant(self) -> SFTTrainParams:
+        check_lora_variant(self.lora, self.model)
+        return self
 
 
 # ----------------------------------------------------------------------- evaluate
@@ -420,6 +478,11 @@ class GRPOTrainParams(Section):
     generation: QuantizedGenerationParams  # rollouts when vllm.use_vllm is false
     save_steps: PosInt
 
+    @model_validator(mode="after")
+    def _variant(self) -> GRPOTrainParams:
+        check_lora_variant(self.lora, self.model)
+        return self
+
 
 class LmEvalModelParams(Section):
     dtype: Literal["float32", "bfloat16", "float16"]
@@ -552,6 +615,8 @@ class VLLoraParams(Section):
     alpha: PosInt
     dropout: Fraction
     use_dora: bool
+    use_rslora: bool
+    init: LoraInit
     finetune_vision_layers: bool
     finetune_language_layers: bool
     finetune_attention_modules: bool
@@ -582,6 +647,11 @@ class VLTrainParams(Section):
     optim: OptimParams
     logging_steps: PosInt
     save_steps: PosInt
+
+    @model_validator(mode="after")
+    def _variant(self) -> VLTrainParams:
+        check_lora_variant(self.lora, self.model)
+        return self
 
 
 class VLEvaluateParams(Section):
@@ -828,6 +898,12 @@ def _format_error(
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in (prefix, *loc) if p != "")
         msg = e["msg"]
+        conflict = (e.get("ctx") or {}).get("error")
+        if isinstance(conflict, ParamConflict):  # two keys: name both in full
+            parts.append(
+                (f"{dotted}.{conflict.key}", f"{conflict.why} with {dotted}.{conflict.other}")
+            )
+            continue
         if e["type"] == "extra_forbidden":
             parent = _model_at(model, loc[:-1])
             known = list(parent.model_fields) if parent else []

@@ -16,6 +16,10 @@ disk and shows every scenario it finds:
 - figures           any other PNG under reports/<dir>/ (the SVD / ALS demos), shown
                     under the scenario named by <dir>
 - run cards         adapters/<scenario>/run_card.json
+- LoRA variants     one row per adapter: the variant its run card names (DoRA, rsLoRA,
+                    PiSSA, LoRA+, ...), held-out loss and scenario metrics, train time,
+                    adapter size and the svd stage's ΔW spectrum figures; ``tunelab
+                    variants`` builds the same table over experiments (tunelab.compare)
 
 Figures are drawn with matplotlib (Agg) and written beside the markdown under
 reports/figures/; the HTML is rendered from the same markdown (markdown-it-py)
@@ -367,6 +371,9 @@ def build_markdown(
         )
     header = ["scenario", "train rows", "val rows", "steps", "last loss", "train s", "shown"]
     out += ["## Summary\n", table(header, summary)]
+    variants = _variants_section(scenarios)
+    if variants:
+        out.append(variants)
 
     losses = {
         s.name: s.runs[""]["loss"] for s in scenarios.values() if "loss" in s.runs.get("", {})
@@ -412,6 +419,88 @@ def build_markdown(
         if s.run_card:
             out += ["### Run card\n", run_card_markdown(s.run_card)]
     return "\n".join(out), figures
+
+
+# ------------------------------------------------------------------ LoRA variants
+
+
+def variant_row(
+    name: str,
+    run_card: dict[str, Any] | None,
+    evaluate: dict[str, Any] | None,
+    spectrum: dict[str, Any] | None,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One row of the variants table from what a run left (any part may be missing).
+
+    ``params``: the train section, for runs whose card has no ``lora_variant``.
+    """
+    from tunelab.training.variants import variant_label
+
+    card = run_card or {}
+    variant = card.get("lora_variant") or {}
+    label = variant.get("label")
+    if label is None and params:
+        lora, optim = params.get("lora", {}), params.get("optim", {})
+        label = variant_label(
+            bool(lora.get("use_dora")),
+            bool(lora.get("use_rslora")),
+            str(lora.get("init", "default")),
+            optim.get("loraplus_lr_ratio"),
+        )
+    row: dict[str, Any] = {
+        "run": name,
+        "variant": label,
+        "steps": (card.get("train") or card.get("grpo") or {}).get("global_step"),
+        "seed": card.get("seed"),
+    }
+    tuned = (evaluate or {}).get("tuned") or {}
+    base = (evaluate or {}).get("base") or {}
+    if "val_loss" in tuned:
+        row["held-out loss"] = tuned["val_loss"]
+        row["base loss"] = base.get("val_loss")
+    row |= {k: v for k, v in flatten(tuned).items() if k not in ("val_loss", "perplexity")}
+    row["train s"] = card.get("wall_seconds")
+    if variant.get("adapter_bytes") is not None:
+        row["adapter MB"] = round(variant["adapter_bytes"] / 1e6, 3)
+        row["saved r"] = variant.get("saved_r")
+        row["trainable"] = variant.get("trainable_parameters")
+    if spectrum:
+        top = max((str(k) for k in spectrum.get("dw_energy_top_mean", {})), key=int, default=None)
+        row["ΔW rank"] = spectrum.get("dw_max_numerical_rank")
+        if top is not None:
+            row[f"ΔW top-{top} energy"] = spectrum["dw_energy_top_mean"][top]
+        row["‖ΔW‖/‖W‖"] = spectrum.get("dw_over_w_median")
+        row["amplification"] = spectrum.get("amplification_median")
+    return row
+
+
+def variants_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as one markdown table (columns: the union, in first-seen order)."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return table(columns, [[r.get(c) for c in columns] for r in rows])
+
+
+VARIANTS_NOTE = (
+    "Per adapter: the LoRA variant, held-out loss and the scenario's generation scores "
+    "(tuned model), train wall time, saved adapter size and rank (PiSSA/OLoRA adapters are "
+    "saved converted to a plain LoRA of rank 2r for the original base), and from the svd "
+    "stage the numerical rank of ΔW, the energy share of its top-k directions, the median "
+    "‖ΔW‖/‖W‖ and the amplification factor. Compare variants across experiments with "
+    "`tunelab variants SCENARIO` (README: LoRA variants).\n"
+)
+
+
+def _variants_section(scenarios: dict[str, Scenario]) -> str:
+    svd = (scenarios.get("svd") or Scenario("svd")).metrics.get("lora") or {}
+    rows = [
+        variant_row(s.name, s.run_card, s.metrics.get("evaluate"), svd.get(s.name))
+        for s in scenarios.values()
+        if s.run_card and "lora_variant" in s.run_card
+    ]
+    if not rows:
+        return ""
+    return "## LoRA variants\n\n" + VARIANTS_NOTE + "\n" + variants_table(rows)
 
 
 def markdown_to_html(markdown: str, images: dict[str, bytes], title: str = TITLE) -> str:

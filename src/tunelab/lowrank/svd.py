@@ -18,7 +18,10 @@ A (r x in) and B (out x r); the layer adds ΔW = s·B·A with s = alpha/r
 and compares the singular values of ΔW (rank at most r) with those of W, the
 energy (share of Σs²) captured by the top-k directions, and the LoRA paper's
 amplification factor ‖ΔW‖_F / ‖UᵀWV‖_F (U, V: ΔW's top-r singular vectors).
-DoRA adapters are refused: their update is not s·B·A.
+A DoRA adapter also stores a magnitude m per output row; its layer computes
+m ⊙ (W + s·B·A) / ‖W + s·B·A‖_row, so its ΔW is that minus W (PEFT's merge), a
+row rescaling of W on top of the low-rank part: not of rank r in general, so its
+spectrum always comes from a full SVD of ΔW, whatever ``method`` says.
 """
 
 from __future__ import annotations
@@ -145,12 +148,15 @@ def check_eckart_young(rows: list[dict[str, float]], tolerance: float) -> None:
 # ---------------------------------------------------------------------------- LoRA
 
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(\.[^.]+)?\.weight$")
+_MAGNITUDE_KEY = re.compile(
+    r"^base_model\.model\.(?P<module>.+)\.lora_magnitude_vector(\.[^.]+)?(\.weight)?$"
+)
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
 @dataclass
 class LoraUpdate:
-    """One target module's update ΔW = scaling · B @ A (float64)."""
+    """One target module's update ΔW = scaling · B @ A (float64), or DoRA's (see delta)."""
 
     module: str  # the base model's module path, e.g. model.layers.0.self_attn.q_proj
     layer: int | None
@@ -160,9 +166,25 @@ class LoraUpdate:
     a: Any = field(repr=False)  # torch.Tensor (r x in)
     b: Any = field(repr=False)  # torch.Tensor (out x r)
     fan_in_fan_out: bool = False
+    magnitude: Any = field(default=None, repr=False)  # DoRA's m (out,), else None
 
-    def delta(self) -> Any:
-        dw = self.scaling * (self.b @ self.a)
+    def delta(self, w: Any = None) -> Any:
+        """ΔW in the base weight's layout; DoRA's needs the base weight ``w``."""
+        import torch
+
+        device = w.device if w is not None else self.a.device
+        dw = self.scaling * (self.b.to(device) @ self.a.to(device))  # out x in
+        if self.magnitude is not None:
+            if w is None:
+                raise ValueError(f"{self.module}: a DoRA update needs the base weight")
+            w_oi = (w.T if self.fan_in_fan_out else w).to(dw)
+            if w_oi.shape != dw.shape:
+                raise TunelabError(
+                    self.module, f"ΔW shape {tuple(dw.shape)} != base weight {tuple(w_oi.shape)}"
+                )
+            merged = w_oi + dw  # PEFT's merge: m / ||W + sBA||_row, times W + sBA
+            norm = torch.linalg.norm(merged, dim=1)
+            dw = (self.magnitude.to(dw) / norm)[:, None] * merged - w_oi
         return dw.T if self.fan_in_fan_out else dw
 
 
@@ -182,8 +204,7 @@ def read_lora(adapter_dir: Path) -> list[LoraUpdate]:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if config.get("peft_type") != "LORA":
         raise TunelabError(str(config_path), f"peft_type {config.get('peft_type')!r} is not LORA")
-    if config.get("use_dora"):
-        raise TunelabError(str(config_path), "a DoRA adapter: its update is not s·B·A")
+    dora = bool(config.get("use_dora"))
     pairs: dict[str, dict[str, Any]] = {}
     try:
         with safe_open(str(weights), framework="pt") as fh:
@@ -192,14 +213,19 @@ def read_lora(adapter_dir: Path) -> list[LoraUpdate]:
                 if m:
                     tensor = fh.get_tensor(key).to(torch.float64)
                     pairs.setdefault(m["module"], {})[m["ab"]] = tensor
+                m = _MAGNITUDE_KEY.match(key)
+                if m and dora:
+                    tensor = fh.get_tensor(key).to(torch.float64)
+                    pairs.setdefault(m["module"], {})["m"] = tensor
     except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
         raise TunelabError(str(weights), f"corrupt adapter weights ({err})") from None
     updates = []
     alpha_pattern = config.get("alpha_pattern") or {}
     for module in sorted(pairs, key=_module_order):
         ab = pairs[module]
-        if set(ab) != {"A", "B"}:
-            raise TunelabError(str(weights), f"{module}: lora_A or lora_B is missing")
+        if set(ab) != ({"A", "B", "m"} if dora else {"A", "B"}):
+            what = "lora_A, lora_B or DoRA's lora_magnitude_vector" if dora else "lora_A or lora_B"
+            raise TunelabError(str(weights), f"{module}: {what} is missing")
         r = int(ab["A"].shape[0])
         if ab["B"].shape[1] != r:
             raise TunelabError(str(weights), f"{module}: lora_B has {ab['B'].shape[1]} != r={r}")
@@ -221,6 +247,7 @@ def read_lora(adapter_dir: Path) -> list[LoraUpdate]:
                 a=ab["A"],
                 b=ab["B"],
                 fan_in_fan_out=bool(config.get("fan_in_fan_out")),
+                magnitude=ab.get("m"),
             )
         )
     if not updates:
@@ -331,8 +358,8 @@ def module_spectrum(
         raise TunelabError(
             update.module, f"ΔW shape {tuple(shape)} != base weight {tuple(w.shape)}"
         )
-    if method == "full":
-        dw = update.delta().to(w.device)
+    if method == "full" or update.magnitude is not None:  # DoRA's ΔW is not of rank r
+        dw = update.delta(w)
         u, s_dw, vh = torch.linalg.svd(dw, full_matrices=False)
         dw_norm = torch.linalg.norm(dw)
     else:

@@ -14,6 +14,7 @@ from typing import Any
 
 from tunelab.config import LoraParams, ModelLoadParams
 from tunelab.errors import TunelabError
+from tunelab.training.variants import lora_kwargs
 
 
 def select_backend(requested: str, where: str) -> str:
@@ -56,9 +57,9 @@ def load_hf(
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
-        use_dora=lora.use_dora,
         bias="none",
         task_type="CAUSAL_LM",
+        **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights
     )
     return get_peft_model(base, config), tokenizer
 
@@ -98,10 +99,10 @@ def load_unsloth(
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
-        use_dora=lora.use_dora,
         bias="none",
         use_gradient_checkpointing="unsloth" if model.gradient_checkpointing else False,
         random_state=seed,
+        **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

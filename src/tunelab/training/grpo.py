@@ -36,6 +36,13 @@ from tunelab.config import GRPOTrainParams, SFTTrainParams
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir, dump_json, read_jsonl
 from tunelab.training.sft import checkpoint_dir, fingerprint, sft_config, trainer_args
+from tunelab.training.variants import (
+    check_backend,
+    save_adapter,
+    save_initial,
+    variant_card,
+    with_loraplus,
+)
 
 SECTION = "train.gsm8k"
 
@@ -140,7 +147,7 @@ def rollout_trainer(params: GRPOTrainParams, backend: str) -> type:
 
     from tunelab.generation import DequantizedTwin, generate_new_tokens
 
-    class RolloutGRPOTrainer(GRPOTrainer):
+    class RolloutGRPOTrainer(with_loraplus(GRPOTrainer, params.grpo.optim.loraplus_lr_ratio)):
         _twin: DequantizedTwin | None = None
 
         def _generate_single_turn(
@@ -263,7 +270,7 @@ def run_warmup(
         ]
     )
     callbacks, end_live = live_callback(live_dir, resumable)
-    trainer = SFTTrainer(
+    trainer = with_loraplus(SFTTrainer, params.warmup.optim.loraplus_lr_ratio)(
         model=model,
         args=sft_config(warmup_params(params), folder),
         train_dataset=dataset,
@@ -307,8 +314,12 @@ def train_grpo(
     data_dir: Path,
     out_dir: Path,
     live_dir: Path,
+    extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Warm-up (optional) then GRPO; write the adapter, tokenizer and run card to out_dir."""
+    """Warm-up (optional) then GRPO; write the adapter, tokenizer and run card to out_dir.
+
+    ``extra_callbacks`` are added to the GRPO trainer's (the tests read the trained model so).
+    """
     from datasets import Dataset
     from transformers import set_seed
 
@@ -320,6 +331,7 @@ def train_grpo(
     from tunelab.training.runcard import run_card, trainer_settings
 
     check_vllm(params)
+    check_backend(SECTION, params.lora, backend, params.vllm.use_vllm)
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
     fp = fingerprint(params, inputs)
     ckpt, _ = checkpoint_dir("train", "gsm8k", fp)
@@ -332,6 +344,8 @@ def train_grpo(
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
         model, tokenizer = load_model(params, backend, name_or_path, revision)
+        # PiSSA / OLoRA: A, B as initialised; also keeps TRL's "ref" copy from re-running it
+        initial = save_initial(model, params.lora, ckpt)
         template_replaced = False
         warmup: dict[str, Any] = {"enabled": params.warmup.enabled}
         if params.warmup.enabled:
@@ -352,7 +366,7 @@ def train_grpo(
             args=grpo_config(params, folder),
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *(extra_callbacks or [])],
         )
         trainer.train(resume_from_checkpoint=True if resumable else None)
         end_live()
@@ -380,10 +394,11 @@ def train_grpo(
     adapters = list(getattr(peft_model, "peft_config", {}) or {})
     with atomic_dir(out_dir) as tmp:
         # Only the trained adapter: TRL adds a frozen "ref" copy when beta > 0.
-        peft_model.save_pretrained(
-            tmp, safe_serialization=True, selected_adapters=["default"] if adapters else None
-        )
+        save_adapter(peft_model, tmp, initial, ["default"] if adapters else None)
         tokenizer.save_pretrained(tmp)
+        card["lora_variant"] = variant_card(
+            peft_model, params.lora, params.grpo.optim, tmp, initial
+        )
         dump_json(tmp / "run_card.json", card)
     shutil.rmtree(ckpt, ignore_errors=True)
     return card

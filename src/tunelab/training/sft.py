@@ -140,6 +140,7 @@ def train_sft(
     from tunelab.training.live import live_callback
     from tunelab.training.runcard import run_card, trainer_settings
     from tunelab.training.throughput import ThroughputMeter
+    from tunelab.training.variants import save_adapter, save_initial, variant_card, with_loraplus
 
     world = world_size()
     accum, global_batch = effective_batch(
@@ -169,6 +170,7 @@ def train_sft(
             model, tokenizer = load_hf(
                 name_or_path, revision, params.model, params.lora, params.seed
             )
+        initial = save_initial(model, params.lora, ckpt)  # PiSSA / OLoRA: A, B as initialised
         template_replaced = False
         if params.data.assistant_only_loss:
             template_replaced = ensure_generation_template(
@@ -176,7 +178,7 @@ def train_sft(
             )
         train_ds = dataset_from(inputs["train"])
         callbacks, end_live = live_callback(live_dir, resumable)
-        trainer = SFTTrainer(
+        trainer = with_loraplus(SFTTrainer, params.optim.loraplus_lr_ratio)(
             model=model,
             # Liger's kernels on the transformers + PEFT path; Unsloth brings its own.
             args=sft_config(
@@ -224,8 +226,9 @@ def train_sft(
         },
     )
     with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        save_adapter(trainer.model, tmp, initial)
         tokenizer.save_pretrained(tmp)
+        card["lora_variant"] = variant_card(trainer.model, params.lora, params.optim, tmp, initial)
         dump_json(tmp / "run_card.json", card)
     shutil.rmtree(ckpt, ignore_errors=True)
     return card

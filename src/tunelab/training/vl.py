@@ -29,6 +29,7 @@ from typing import Any
 from tunelab.config import ModelLoadParams, PixelBoundsParams, VLLoraParams, VLTrainParams
 from tunelab.data.common import text_of
 from tunelab.io import atomic_dir, dump_json, read_jsonl
+from tunelab.training.variants import lora_kwargs
 
 LANGUAGE_MODULES = {
     "attention": r"self_attn\.(?:q_proj|k_proj|v_proj|o_proj)",
@@ -147,8 +148,8 @@ def load_hf_vl(name_or_path: str, revision: str | None, params: VLTrainParams) -
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora_target_regex(lora),
-        use_dora=lora.use_dora,
         bias="none",
+        **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights
     )
     return get_peft_model(base, config), processor
 
@@ -180,9 +181,9 @@ def load_unsloth_vl(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        use_dora=lora.use_dora,
         bias="none",
         random_state=params.seed,
+        **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights
     )
     FastVisionModel.for_training(model)
     return model, processor
@@ -248,8 +249,12 @@ def train_vl(
     data_dir: Path,
     out_dir: Path,
     live_dir: Path,
+    extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the scenario's VL adapter; write it, the processor and the run card to out_dir."""
+    """Train the scenario's VL adapter; write it, the processor and the run card to out_dir.
+
+    ``extra_callbacks`` are added to the Trainer's (the tests read the trained model so).
+    """
     from transformers import set_seed
     from trl import SFTTrainer
 
@@ -258,6 +263,7 @@ def train_vl(
     from tunelab.training.live import live_callback
     from tunelab.training.runcard import run_card, trainer_settings
     from tunelab.training.sft import checkpoint_dir, fingerprint
+    from tunelab.training.variants import save_adapter, save_initial, variant_card, with_loraplus
 
     inputs = {"train": data_dir / "train.jsonl", "images": data_dir / "images", "base": base_dir}
     fp = fingerprint(params, inputs)
@@ -270,15 +276,16 @@ def train_vl(
             model, processor = load_unsloth_vl(name_or_path, revision, params)
         else:
             model, processor = load_hf_vl(name_or_path, revision, params)
+        initial = save_initial(model, params.lora, ckpt)  # PiSSA / OLoRA: A, B as initialised
         set_image_bounds(processor, params.image)
         train_ds = vl_dataset(inputs["train"])
         callbacks, end_live = live_callback(live_dir, resumable)
-        trainer = SFTTrainer(
+        trainer = with_loraplus(SFTTrainer, params.optim.loraplus_lr_ratio)(
             model=model,
             args=vl_config(params, ckpt),
             train_dataset=train_ds,
             processing_class=processor,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *(extra_callbacks or [])],
         )
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
         end_live()
@@ -306,8 +313,9 @@ def train_vl(
         },
     )
     with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        save_adapter(trainer.model, tmp, initial)
         processor.save_pretrained(tmp)
+        card["lora_variant"] = variant_card(trainer.model, params.lora, params.optim, tmp, initial)
         dump_json(tmp / "run_card.json", card)
     shutil.rmtree(ckpt, ignore_errors=True)
     return card
