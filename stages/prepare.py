@@ -1,6 +1,6 @@
 """Stage prepare: raw data of one scenario -> data/prepared/<scenario>/{train,val}.jsonl + data card.
 
-python -m stages.prepare alpaca|medical|legal|gsm8k
+python -m stages.prepare alpaca|medical|legal|gsm8k|car_insurance|preference
 
 gsm8k keeps its own train/test files (GSM8K ships both): data/prepared/gsm8k/{train,test}.jsonl.
 """
@@ -17,6 +17,7 @@ PREPARERS = {
     "medical": "tunelab.data.medical:prepare_medical",
     "legal": "tunelab.data.legal:prepare_legal",
     "car_insurance": "tunelab.data.car_insurance:prepare_car_insurance",  # + images/
+    "preference": "tunelab.data.preference:prepare_preference",  # + the rejected answers
 }
 
 
