@@ -58,6 +58,8 @@ def _train(method: str, tiny_base: Path, pairs: Path, work: Path, **updates: obj
         backend="hf",
         optim__max_steps=1,
         optim__per_device_train_batch_size=4,
+        optim__lr_scheduler_type="constant",  # no warm-up: the one step moves the adapter
+        optim__warmup_ratio=0.0,
         logging_steps=1,
         **updates,
     )
@@ -79,7 +81,14 @@ def test_dpo_reference_is_the_base_with_the_adapter_disabled(tiny_base: Path, pa
     from tunelab.io import read_jsonl
     from tunelab.training.preference import build_trainer, load_model
 
-    params = section("train_pref.dpo", backend="hf", optim__max_steps=1, logging_steps=1)
+    params = section(
+        "train_pref.dpo",
+        backend="hf",
+        optim__max_steps=1,
+        optim__lr_scheduler_type="constant",
+        optim__warmup_ratio=0.0,
+        logging_steps=1,
+    )
     model, tokenizer, peft_config = load_model(params, "hf", str(tiny_base), None)
     assert peft_config is not None  # TRL wraps the base itself
     trainer = build_trainer(

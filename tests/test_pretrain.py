@@ -12,11 +12,13 @@ import torch
 import yaml
 
 from tunelab.data.domain_text import prepare_domain_text, read_documents
+from tunelab.data.samples import MEDICAL, _medical_answer
 from tunelab.errors import TunelabError
 
 from .conftest import GIT, ROOT, section, sh
 
-HELD_OUT_ANSWER = "您好，胃痛可能与胃炎或饮食不规律有关。建议清淡饮食。"
+_DEPT, _SYMPTOM, _CAUSE, _ADVICE = MEDICAL[0]  # the stomach ache
+HELD_OUT_ANSWER = _medical_answer(_CAUSE, _SYMPTOM, _ADVICE)
 
 
 def _sft_val(path: Path) -> Path:
@@ -87,6 +89,8 @@ def pretrained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
         backend="hf",
         data__source=str(ROOT / "data/raw/pretrain/medical"),
         optim__max_steps=2,
+        optim__lr_scheduler_type="constant",
+        optim__warmup_ratio=0.0,
         logging_steps=1,
         save_steps=100,
     )
@@ -150,7 +154,14 @@ def test_sft_continues_the_pretrained_adapter(
     records, card = prepare_alpaca(prep)
     train, val = split_records(records, prep.split)
     write_prepared(tmp_path / "data", train[:16], val[:4], card)
-    params = section("train.alpaca", backend="hf", optim__max_steps=1, logging_steps=1)
+    params = section(
+        "train.alpaca",
+        backend="hf",
+        optim__max_steps=1,
+        optim__lr_scheduler_type="constant",
+        optim__warmup_ratio=0.0,
+        logging_steps=1,
+    )
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:

@@ -226,6 +226,15 @@ class ContinualPretrainParams(Section):
     logging_steps: PosInt
     save_steps: PosInt
 
+    @model_validator(mode="after")
+    def _embeddings(self) -> ContinualPretrainParams:
+        if self.optim.embedding_learning_rate is not None and not self.lora.modules_to_save:
+            raise ValueError(
+                "optim.embedding_learning_rate: set, but lora.modules_to_save is empty "
+                "(no embedding is trained): set it null"
+            )
+        return self
+
 
 class PreferencePrepareColumns(Section):
     prompt: str

@@ -91,11 +91,6 @@ def train_pretrain(
     if not docs:
         raise TunelabError(str(inputs["train"]), "no documents to pretrain on")
     saved = list(params.lora.modules_to_save)
-    if params.optim.embedding_learning_rate is not None and not saved:
-        raise TunelabError(
-            f"{section}.optim.embedding_learning_rate",
-            "set, but lora.modules_to_save is empty: no embedding is trained (set null)",
-        )
 
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
