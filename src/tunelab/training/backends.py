@@ -181,7 +181,7 @@ def check_lora_matches(adapter_dir: Path, lora: LoraParams, where: str) -> None:
 def freeze_saved_modules(model: Any) -> list[str]:
     """Freeze the full-module copies (modules_to_save) of a loaded adapter; their names."""
     names = set()
-    for name, param in model.named_parameters():
+    for name, param in model.named_parameters(remove_duplicate=False):  # tied copies too
         if ".modules_to_save." in name:
             param.requires_grad_(False)
             names.add(name.split(".modules_to_save.")[0].rsplit(".", 1)[-1])
