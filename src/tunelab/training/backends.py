@@ -126,22 +126,21 @@ def load_unsloth(
         use_safetensors=True,
         **(extra or {}),
     )
-    if init_adapter is not None:
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return base, tokenizer
-    peft_model = FastLanguageModel.get_peft_model(
-        base,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        use_dora=lora.use_dora,
-        bias="none",
-        use_gradient_checkpointing="unsloth" if model.gradient_checkpointing else False,
-        random_state=seed,
-        modules_to_save=list(modules_to_save) if modules_to_save else None,
-    )
+    if init_adapter is not None:  # already a PEFT model with that adapter, trainable
+        peft_model = base
+    else:
+        peft_model = FastLanguageModel.get_peft_model(
+            base,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            use_dora=lora.use_dora,
+            bias="none",
+            use_gradient_checkpointing="unsloth" if model.gradient_checkpointing else False,
+            random_state=seed,
+            modules_to_save=list(modules_to_save) if modules_to_save else None,
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return peft_model, tokenizer
