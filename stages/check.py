@@ -70,6 +70,12 @@ def check_inputs(sections: dict[str, Any]) -> list[str]:
             prepared = build(scenario, params)
             memo[scenario] = key
             done.append(f"{scenario} ({sum(map(len, prepared.splits.values()))} records)")
+        for name in (n for n in sections if n.startswith("pretrain.")):
+            from tunelab.data.domain_text import read_documents, source_files
+
+            data = sections[name].data  # the domain text parses (drops are per document)
+            for path in source_files(Path(data.source)):
+                read_documents(path, data.text_key)
         for name in ("base.text", "base.vision"):
             if sections[name].source == "build":
                 from tunelab.data.text import read_corpus

@@ -1,6 +1,6 @@
 """Stage prepare: raw data of one scenario -> data/prepared/<scenario>/{train,val}.jsonl + data card.
 
-python -m stages.prepare alpaca|medical|legal|gsm8k|car_insurance
+python -m stages.prepare alpaca|medical|legal|gsm8k|car_insurance|preference
 
 gsm8k keeps its own train/test files (GSM8K ships both): data/prepared/gsm8k/{train,test}.jsonl.
 car_insurance also writes the resized images (images/). The reading and checking is

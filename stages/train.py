@@ -92,15 +92,18 @@ def train(scenario: str) -> None:
         return train_gsm8k(params, backend)
     from tunelab.training.sft import train_sft
 
+    base_dir = Path("models/base/text")
+    init = Path(params.init_from)  # the base (a fresh LoRA), or an adapter to continue
     card = train_sft(
         scenario,
         params,
         backend,
-        base_dir=Path("models/base/text"),
+        base_dir=base_dir,
         data_dir=Path("data/prepared") / scenario,
         out_dir=Path("adapters") / scenario,
         live_dir=Path("reports/train") / scenario,
         launch=launch,
+        init_adapter=None if init == base_dir else init,
     )
     if card is None:  # not the main process
         return None

@@ -695,6 +695,45 @@ CASES: list[tuple[str, list[str], Setup, str, str]] = [
         "data/raw/corpus/corpus.txt: not UTF-8 text: invalid byte at line 1 (byte offset 0: 0xc4)",
         "models/base/text",
     ),
+    (
+        "preference-pair-not-a-string",
+        ["prepare", "preference"],
+        write(
+            "data/raw/preference/pairs.jsonl",
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+            '{"prompt": "a", "chosen": 5, "rejected": "c"}\n',
+        ),
+        "data/raw/preference/pairs.jsonl line 2: 'chosen' must be a string",
+        "data/prepared/preference",
+    ),
+    (
+        "pretrain-document-without-text",
+        ["pretrain", "medical"],
+        write("data/raw/pretrain/medical/domain.jsonl", '{"text": "ok"}\n{"body": "x"}\n'),
+        "data/raw/pretrain/medical/domain.jsonl line 2: expected an object with 'text'",
+        "data/prepared/pretrain_medical",
+    ),
+    (
+        "pretrain-embedding-rate-without-embeddings",
+        ["pretrain", "medical"],
+        edit_params(lambda d: d["pretrain"]["medical"]["lora"].update(modules_to_save=[])),
+        "pretrain.medical: Value error, optim.embedding_learning_rate: set, but",
+        "data/prepared/pretrain_medical",
+    ),
+    (
+        "train-init-from-not-an-adapter",
+        ["train", "medical"],
+        edit_params(lambda d: d["train"]["medical"].update(init_from="adapters/nothing")),
+        "adapters/nothing: not a LoRA adapter",
+        "adapters/medical",
+    ),
+    (
+        "train-pref-unknown-method",
+        ["train_pref", "dpo"],
+        edit_params(lambda d: d["train_pref"]["dpo"].update(method="ppo")),
+        "train_pref.dpo.method",
+        "adapters/dpo",
+    ),
 ]
 
 

@@ -61,14 +61,55 @@ def test_gsm8k_and_car_insurance_beat_their_bases(clone: Path) -> None:
     assert car["tuned"]["format_compliance"] > car["base"]["format_compliance"] + 50
 
 
+def test_continual_pretraining_beats_its_base_and_feeds_sft(clone: Path) -> None:
+    for s in ("medical", "legal"):
+        m = json.loads((clone / f"reports/metrics/pretrain/{s}.json").read_text())
+        assert m["tuned"]["perplexity"] < m["base"]["perplexity"] / 2, s
+        card = json.loads((clone / f"data/prepared/pretrain_{s}/data_card.json").read_text())
+        assert card["rows_dropped"].get("in_sft_heldout", 0) >= 1, s  # kept apart from SFT
+        run = json.loads((clone / f"adapters/pretrain_{s}/run_card.json").read_text())
+        assert run["params_section"] == f"pretrain.{s}"
+    both = json.loads((clone / "reports/metrics/pretrain_sft/medical.json").read_text())
+    evaluate = json.loads((clone / "reports/metrics/evaluate/medical.json").read_text())
+    assert both["without_pretraining"] == evaluate["tuned"]  # the same run as evaluate@medical
+    assert both["with_pretraining"]["rougeL"] > evaluate["base"]["rougeL"] + 10
+    sft = json.loads((clone / "adapters/medical_pretrained/run_card.json").read_text())
+    assert sft["init_adapter"]["path"] == "adapters/pretrain_medical"
+    assert sft["train"]["global_step"] == both["steps"] == evaluate_steps(clone, "medical")
+
+
+def evaluate_steps(clone: Path, scenario: str) -> int:
+    return json.loads((clone / f"adapters/{scenario}/run_card.json").read_text())["train"][
+        "global_step"
+    ]
+
+
+def test_dpo_and_orpo_beat_their_base_on_held_out_pairs(clone: Path) -> None:
+    data_card = json.loads((clone / "data/prepared/preference/data_card.json").read_text())
+    assert set(data_card["rows_dropped"]) == {"empty", "identical", "too_long", "duplicate"}
+    for name in ("dpo", "orpo"):
+        m = json.loads((clone / f"reports/metrics/evaluate_pref/{name}.json").read_text())
+        assert m["tuned"]["pref_accuracy"] > m["base"]["pref_accuracy"] + 20, name
+        assert m["tuned"]["logp_margin"] > m["base"]["logp_margin"], name
+        card = json.loads((clone / f"adapters/{name}/run_card.json").read_text())
+        assert card["method"] == name and card["params_section"] == f"train_pref.{name}"
+    assert (clone / "reports/generations/orpo.jsonl").is_file()
+
+
 def test_lowrank_stages_and_report(clone: Path) -> None:
     svd = json.loads((clone / "reports/metrics/svd/image.json").read_text())
     als = json.loads((clone / "reports/metrics/als/synthetic.json").read_text())
     assert svd["eckart_young_max_gap"] < 1e-10
     assert als["test_rmse"] < als["baselines"]["biases_only_test_rmse"]
     html = (clone / "reports/report.html").read_text(encoding="utf-8")
-    for scenario in ("alpaca", "medical", "legal", "gsm8k", "car_insurance"):
+    for scenario in ("alpaca", "medical", "legal", "gsm8k", "car_insurance", "dpo", "orpo"):
         assert scenario in html
+    for heading in (
+        "Continual pretraining",
+        "SFT without → with pretraining",
+        "Preference optimization",
+    ):
+        assert heading in html, heading
 
 
 def test_dvc_sees_metrics_and_plots(clone: Path) -> None:

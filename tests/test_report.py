@@ -205,3 +205,45 @@ def test_empty_project_gives_a_report_that_says_so(tmp_path: Path) -> None:
     assert summary["scenarios"] == []
     assert "No scenario outputs found" in (tmp_path / "reports/report.md").read_text()
     assert (tmp_path / "reports/report.html").is_file()
+
+
+def test_pretrain_and_preference_sections(tmp_path: Path) -> None:
+    """The sections built from pretrain@, pretrain_sft@ and evaluate_pref@ metrics files."""
+    from tunelab.report import build_markdown
+
+    def put(rel: str, obj: dict) -> None:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(json.dumps(obj))
+
+    put(
+        "reports/metrics/pretrain/medical.json",
+        {
+            "base": {"perplexity": 900.0, "val_loss": 6.8},
+            "tuned": {"perplexity": 40.0, "val_loss": 3.7},
+            "documents": 20,
+            "train_documents": 113,
+        },
+    )
+    put(
+        "reports/metrics/pretrain_sft/medical.json",
+        {
+            "without_pretraining": {"val_loss": 0.43, "rougeL": 32.2},
+            "with_pretraining": {"val_loss": 0.40, "rougeL": 35.0},
+            "steps": 150,
+        },
+    )
+    put("data/prepared/medical/data_card.json", {"train_rows": 10, "val_rows": 2})
+    put("adapters/orpo/run_card.json", {"method": "orpo", "seed": 1})
+    put(
+        "reports/metrics/evaluate_pref/orpo.json",
+        {
+            "base": {"pref_accuracy": 20.0, "logp_margin": -5.0, "rougeL": 0.0, "chrf": 7.0},
+            "tuned": {"pref_accuracy": 90.0, "logp_margin": 9.5, "rougeL": 60.0, "chrf": 40.0},
+        },
+    )
+    md, _ = build_markdown(discover(tmp_path), section("report.content"))
+    assert "## Continual pretraining" in md and "## Preference optimization" in md
+    assert "| [medical](#medical) | 113 | 20 | 900 → 40 (-860) | 6.8 → 3.7 (-3.1) |" in md
+    assert "| medical | 150 | 0.43 → 0.4 (-0.03) | 32.2 → 35 (+2.8) |" in md
+    assert "| [orpo](#orpo) | orpo | 20 → 90 (+70) | -5 → 9.5 (+14.5) | – |" in md
+    assert md.index("## Continual pretraining") < md.index('<a id="medical">')

@@ -216,6 +216,19 @@ def check_lora_variant(lora: Any, model: Any) -> None:
         raise ParamConflict("lora.init", f"lora.r {lora.r}", "orthogonal needs an even rank")
 
 
+def check_plain_lora(lora: Any, optim: Any, model: Any) -> None:
+    """LoRA variants outside train.<s> (pretrain, train_pref): what those recipes support.
+
+    LoRA+ needs the optimizer train.<s> builds, and PiSSA / OLoRA change the base weights
+    unless the adapter is converted when saved, which only train.<s> does.
+    """
+    check_lora_variant(lora, model)
+    if optim.loraplus_lr_ratio is not None:
+        raise ValueError("optim.loraplus_lr_ratio: LoRA+ runs in train.<scenario> only; set null")
+    if init_mutates_base(lora.init):
+        raise ValueError(f"lora.init: {lora.init!r} runs in train.<scenario> only; use default")
+
+
 class LoraParams(Section):
     r: PosInt
     alpha: PosInt
@@ -257,6 +270,10 @@ class SFTTrainParams(Section):
 
     seed: int
     backend: Literal["auto", "unsloth", "hf"]
+    # The folder training starts from: the base model folder (models/base/text: a fresh
+    # LoRA) or an adapter folder (adapters/pretrain_<s>: continue that adapter). A path,
+    # so that dvc.yaml can list it as a dependency (see the train stage there).
+    init_from: Annotated[str, Field(min_length=1)]
     liger_kernel: bool  # Liger's fused kernels on the hf backend (Unsloth has its own)
     model: ModelLoadParams
     lora: LoraParams
@@ -268,6 +285,93 @@ class SFTTrainParams(Section):
     @model_validator(mode="after")
     def _variant(self) -> SFTTrainParams:
         check_lora_variant(self.lora, self.model)
+        return self
+
+
+class PretrainLoraParams(LoraParams):
+    """LoRA for continual pretraining; modules_to_save trains full copies (Unsloth's recipe:
+    embed_tokens and lm_head), at optim.embedding_learning_rate."""
+
+    modules_to_save: list[Literal["embed_tokens", "lm_head"]]
+
+
+class PretrainOptimParams(OptimParams):
+    embedding_learning_rate: PosFloat | None  # modules_to_save's rate; null: learning_rate
+
+
+class PretrainDataParams(Section):
+    """Domain text: JSONL (one document per object, under text_key) or .txt/.md (documents
+    separated by blank lines); a file or a folder of them."""
+
+    source: str
+    text_key: str
+    max_chars: PosInt  # longer documents are dropped (a file without breaks, a dump)
+    max_length: PosInt  # tokens per packed training block and per held-out document
+    packing_strategy: Literal["wrapped", "bfd", "bfd_split"]  # TRL's; wrapped: concatenate, cut
+    split: SplitParams
+
+
+class ContinualPretrainParams(Section):
+    """pretrain.<scenario>: continual pretraining (causal-LM loss on packed domain text)."""
+
+    seed: int
+    backend: Literal["auto", "unsloth", "hf"]
+    model: ModelLoadParams
+    lora: PretrainLoraParams
+    data: PretrainDataParams
+    optim: PretrainOptimParams
+    eval_batch_size: PosInt  # held-out perplexity, base and pretrained
+    logging_steps: PosInt
+    save_steps: PosInt
+
+    @model_validator(mode="after")
+    def _embeddings(self) -> ContinualPretrainParams:
+        check_plain_lora(self.lora, self.optim, self.model)
+        if self.optim.embedding_learning_rate is not None and not self.lora.modules_to_save:
+            raise ValueError(
+                "optim.embedding_learning_rate: set, but lora.modules_to_save is empty "
+                "(no embedding is trained): set it null"
+            )
+        return self
+
+
+class PreferencePrepareColumns(Section):
+    prompt: str
+    chosen: str
+    rejected: str
+    system: str | None  # a column with a per-row system prompt, or null
+
+
+class PreferencePrepareParams(Section):
+    """prepare.preference: JSONL preference pairs (prompt, chosen, rejected)."""
+
+    source: str
+    columns: PreferencePrepareColumns
+    system_prompt: str  # for rows without their own; empty: no system message
+    max_chars: PosInt  # prompt + chosen + rejected longer than this is dropped
+    split: SplitParams
+
+
+class PreferenceTrainParams(Section):
+    """train_pref.<name>: LoRA preference optimisation, TRL's DPOTrainer or ORPOTrainer."""
+
+    seed: int
+    backend: Literal["auto", "unsloth", "hf"]
+    method: Literal["dpo", "orpo"]
+    beta: PosFloat  # DPO: KL strength to the reference (the base); ORPO: odds-ratio weight
+    loss_type: str  # DPO's loss_type (sigmoid, ipo, ...); ORPO has one loss: must be sigmoid
+    max_length: PosInt  # prompt + completion tokens
+    model: ModelLoadParams
+    lora: LoraParams
+    optim: OptimParams
+    logging_steps: PosInt
+    save_steps: PosInt
+
+    @model_validator(mode="after")
+    def _loss(self) -> PreferenceTrainParams:
+        check_plain_lora(self.lora, self.optim, self.model)
+        if self.method == "orpo" and self.loss_type != "sigmoid":
+            raise ValueError("loss_type: ORPO has a single loss; set sigmoid")
         return self
 
 
@@ -820,6 +924,13 @@ SECTIONS: dict[str, type[Section]] = {
     "train.legal": SFTTrainParams,
     "train.car_insurance": VLTrainParams,
     "train.gsm8k": GRPOTrainParams,
+    "prepare.preference": PreferencePrepareParams,
+    "pretrain.medical": ContinualPretrainParams,
+    "pretrain.legal": ContinualPretrainParams,
+    "train_pref.dpo": PreferenceTrainParams,
+    "train_pref.orpo": PreferenceTrainParams,
+    "evaluate_pref.dpo": SFTEvaluateParams,
+    "evaluate_pref.orpo": SFTEvaluateParams,
     "evaluate.alpaca": SFTEvaluateParams,
     "evaluate.medical": SFTEvaluateParams,
     "evaluate.legal": SFTEvaluateParams,

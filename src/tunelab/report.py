@@ -327,6 +327,78 @@ def curve_figure(title: str, series: dict[str, Series], dpi: int) -> bytes:
     return data
 
 
+# ------------------------------------------------- continual pretraining, preference
+
+
+def _arrow(metrics: dict[str, Any], key: str, before: str = "base", after: str = "tuned") -> str:
+    b, a = metrics.get(before, {}).get(key), metrics.get(after, {}).get(key)
+    if not (_is_number(b) and _is_number(a)):
+        return "–"
+    return f"{_num(b)} → {_num(a)} ({a - b:+.4g})"
+
+
+def pretrain_section(scenarios: dict[str, Scenario]) -> str:
+    """Held-out perplexity base -> pretrained (reports/metrics/pretrain/<s>.json) and the
+    scenario's SFT metrics without -> with pretraining (reports/metrics/pretrain_sft/<s>.json)."""
+    found = {n: s.metrics for n, s in scenarios.items() if "pretrain" in s.metrics}
+    if not found:
+        return ""
+    rows = [
+        [
+            Raw(f"[{cell(n)}](#{n})"),
+            m["pretrain"].get("train_documents"),
+            m["pretrain"].get("documents"),
+            _arrow(m["pretrain"], "perplexity"),
+            _arrow(m["pretrain"], "val_loss"),
+        ]
+        for n, m in found.items()
+    ]
+    out = [
+        "## Continual pretraining\n",
+        "Held-out domain text (documents never trained on; none quotes the SFT held-out "
+        "set), base (adapter disabled) → after pretrain@<scenario>:\n",
+        table(["scenario", "train docs", "held-out docs", "perplexity", "loss"], rows),
+    ]
+    sft = {n: m["pretrain_sft"] for n, m in found.items() if "pretrain_sft" in m}
+    if sft:
+        keys = list(dict.fromkeys(k for m in sft.values() for k in m["with_pretraining"]))
+        out += [
+            "SFT without → with pretraining: train@ / evaluate@<scenario> against "
+            "pretrain_sft@<scenario> (same params, steps, seed, held-out prompts):\n",
+            table(
+                ["scenario", "steps", *keys],
+                [
+                    [n, m.get("steps")]
+                    + [_arrow(m, k, "without_pretraining", "with_pretraining") for k in keys]
+                    for n, m in sft.items()
+                ],
+            ),
+        ]
+    return "\n".join(out)
+
+
+def preference_section(scenarios: dict[str, Scenario]) -> str:
+    """Preference accuracy, log-prob margin and generation scores, base -> tuned, per run."""
+    found = {n: s for n, s in scenarios.items() if "evaluate_pref" in s.metrics}
+    if not found:
+        return ""
+    keys = ["pref_accuracy", "logp_margin", "pref_accuracy_per_token", "rougeL", "chrf"]
+    rows = [
+        [Raw(f"[{cell(n)}](#{n})"), (s.run_card or {}).get("method", "–")]
+        + [_arrow(s.metrics["evaluate_pref"], k) for k in keys]
+        for n, s in found.items()
+    ]
+    return "\n".join(
+        [
+            "## Preference optimization\n",
+            "Held-out pairs, base → tuned: % of pairs where log p(chosen) > log p(rejected) "
+            "(summed, and per token), the mean log-probability margin (nats), and the "
+            "generations scored against the chosen answers:\n",
+            table(["run", "method", *keys], rows),
+        ]
+    )
+
+
 # ------------------------------------------------------------------------- build
 
 
@@ -383,6 +455,7 @@ def build_markdown(
             "training loss, all scenarios", losses, params.figure_dpi
         )
         out.append(f"![training loss, all scenarios]({FIGURES}/overview-loss.png)\n")
+    out += [text for text in (pretrain_section(scenarios), preference_section(scenarios)) if text]
 
     for s in scenarios.values():
         out.append(f'<a id="{s.name}"></a>\n\n## {s.name}\n')

@@ -19,6 +19,7 @@ BUILDERS = {
     "legal": "tunelab.data.legal:prepare_legal",
     "car_insurance": "tunelab.data.car_insurance:prepare_car_insurance",  # + images/
     "gsm8k": "tunelab.data.gsm8k:build_gsm8k",  # its own train and test files
+    "preference": "tunelab.data.preference:prepare_preference",  # + the rejected answers
 }
 SCENARIOS = tuple(BUILDERS)
 
@@ -30,6 +31,7 @@ INPUT_KEYS = {
     "legal": ("exam_source", "counsel_source"),
     "gsm8k": ("train_source", "test_source"),
     "car_insurance": ("source", "image_dir"),
+    "preference": ("source",),
 }
 
 

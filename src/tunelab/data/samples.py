@@ -491,6 +491,14 @@ def write_samples(root: Path, seed: int = 20261130) -> list[Path]:
 
     for name, data in smoke_files(random.Random(seed + 4), n_train=800, n_test=64).items():
         put(f"gsm8k/{name}", data)
+    from tunelab.data import domain_text, preference
+
+    put("preference/pairs.jsonl", preference.smoke_file(random.Random(seed + 5)))
+    for scenario, docs in (
+        ("medical", domain_text.medical_documents(random.Random(seed + 6))),
+        ("legal", domain_text.legal_documents(random.Random(seed + 7))),
+    ):
+        put(f"pretrain/{scenario}/domain.jsonl", domain_text.smoke_file(docs))
     return written
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from tunelab.config import DecodingParams, GenerationEngineParams
+from tunelab.config import DecodingParams, GenerationEngineParams, SFTEvaluateParams
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]|[^\W_]+", re.UNICODE)
 
@@ -54,33 +56,47 @@ def text_scores(
     return out
 
 
-def heldout_loss(
-    model: Any, tokenizer: Any, conversations: list[list[dict]], batch_size: int
-) -> dict[str, float]:
-    """Token-weighted mean NLL over assistant tokens, and its perplexity."""
+def assistant_batch(tokenizer: Any, conversations: list[list[dict]]) -> tuple[Any, Any, Any]:
+    """Right-padded input ids, attention mask and labels (-100 outside assistant tokens)."""
+    import torch
+
+    enc = [
+        tokenizer.apply_chat_template(
+            conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        for conv in conversations
+    ]
+    width = max(len(e["input_ids"]) for e in enc)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(enc), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(enc), width), dtype=torch.long)
+    labels = torch.full((len(enc), width), -100, dtype=torch.long)
+    for i, e in enumerate(enc):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        attn[i, :n] = 1
+        mask = torch.tensor(e["assistant_masks"], dtype=torch.bool)
+        labels[i, :n] = torch.where(mask, ids[i, :n], torch.tensor(-100))
+    return ids, attn, labels
+
+
+def text_batch(tokenizer: Any, texts: list[str], max_length: int) -> tuple[Any, Any, Any]:
+    """Plain text (no chat template), truncated to max_length tokens; every token a label."""
+    import torch
+
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True)
+    ids = torch.tensor(enc["input_ids"])
+    attn = torch.tensor(enc["attention_mask"])
+    return ids, attn, torch.where(attn.bool(), ids, torch.tensor(-100))
+
+
+def _mean_nll(model: Any, batches: Any) -> dict[str, float]:
+    """Token-weighted mean NLL over the labelled tokens of (ids, mask, labels) batches."""
     import torch
 
     total_nll, total_tokens = 0.0, 0
     device = next(model.parameters()).device
-    for start in range(0, len(conversations), batch_size):
-        batch = conversations[start : start + batch_size]
-        enc = [
-            tokenizer.apply_chat_template(
-                conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-            )
-            for conv in batch
-        ]
-        width = max(len(e["input_ids"]) for e in enc)
-        pad = tokenizer.pad_token_id
-        ids = torch.full((len(enc), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(enc), width), dtype=torch.long)
-        labels = torch.full((len(enc), width), -100, dtype=torch.long)
-        for i, e in enumerate(enc):
-            n = len(e["input_ids"])
-            ids[i, :n] = torch.tensor(e["input_ids"])
-            attn[i, :n] = 1
-            mask = torch.tensor(e["assistant_masks"], dtype=torch.bool)
-            labels[i, :n] = torch.where(mask, ids[i, :n], torch.tensor(-100))
+    for ids, attn, labels in batches:
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
         shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
@@ -92,6 +108,50 @@ def heldout_loss(
         total_tokens += int((shift_labels != -100).sum())
     loss = total_nll / max(1, total_tokens)
     return {"val_loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50.0)), 3)}
+
+
+def heldout_loss(
+    model: Any, tokenizer: Any, conversations: list[list[dict]], batch_size: int
+) -> dict[str, float]:
+    """Token-weighted mean NLL over assistant tokens, and its perplexity."""
+    batches = (
+        assistant_batch(tokenizer, conversations[i : i + batch_size])
+        for i in range(0, len(conversations), batch_size)
+    )
+    return _mean_nll(model, batches)
+
+
+def text_loss(
+    model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int
+) -> dict[str, float]:
+    """Token-weighted mean NLL of plain documents (each cut at max_length), and perplexity."""
+    tokenizer.padding_side = "right"
+    batches = (
+        text_batch(tokenizer, texts[i : i + batch_size], max_length)
+        for i in range(0, len(texts), batch_size)
+    )
+    return _mean_nll(model, batches)
+
+
+def assistant_logps(
+    model: Any, tokenizer: Any, conversations: list[list[dict]], batch_size: int
+) -> list[tuple[float, int]]:
+    """Per conversation: summed log-probability of its assistant tokens, and their count."""
+    import torch
+
+    out: list[tuple[float, int]] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(conversations), batch_size):
+        ids, attn, labels = assistant_batch(tokenizer, conversations[start : start + batch_size])
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+        labels = labels[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )
+        counts = (labels != -100).sum(dim=1)
+        out += [(-float(n), int(c)) for n, c in zip(nll.sum(dim=1), counts, strict=True)]
+    return out
 
 
 def generate(
@@ -126,3 +186,82 @@ def generate(
         model, enc["input_ids"], enc["attention_mask"], engine, batch_size, kwargs
     )
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def evaluate_text(
+    params: SFTEvaluateParams,
+    base_dir: Path,
+    adapter_dir: Path,
+    records: list[dict[str, Any]],
+    models: tuple[str, ...] = ("base", "tuned"),
+    extra: Callable[[Any, Any], dict[str, float]] | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[str]]]:
+    """Base and/or tuned (base + adapter) on the same records, prompts, seed and decoding:
+    held-out loss, generation scores, and ``extra(model, tokenizer)``'s metrics.
+
+    Returns (metrics per model, generations per model). The tokenizer is the adapter's
+    (the chat template used in training) for both models.
+    """
+    from transformers import set_seed
+
+    from tunelab.data.common import prompt_of, reference_of
+    from tunelab.generation import for_generation, resolve_engine
+    from tunelab.models.loading import (
+        check_adapter,
+        load_adapter,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_base,
+    )
+
+    name_or_path, revision = resolve_base(base_dir)
+    check_adapter(adapter_dir)  # before anything is loaded: a broken adapter fails fast
+    tokenizer = load_tokenizer(str(adapter_dir), None, False)
+    model = load_causal_lm(
+        name_or_path,
+        revision,
+        params.model.dtype,
+        params.model.load_in_4bit,
+        params.model.trust_remote_code,
+    )
+    # A 4-bit model generates compiled from its dequantized weights (generation.quantized).
+    model = for_generation(model, params.generation).eval()
+    print(f"generation engine: {resolve_engine(params.generation, model)}")
+    prompts = [prompt_of(r) for r in records]
+    refs = [reference_of(r) for r in records]
+    convs = [r["messages"] for r in records]
+    results, outputs = {}, {}
+    for name in ("base", "tuned"):
+        if name == "tuned":
+            model = load_adapter(model, adapter_dir)
+            model.eval()
+        if name not in models:
+            continue
+        set_seed(params.seed)
+        outputs[name] = generate(
+            model, tokenizer, prompts, params.decoding, params.batch_size, params.generation
+        )
+        results[name] = heldout_loss(model, tokenizer, convs, params.batch_size) | text_scores(
+            outputs[name], refs, params.bleu_tokenize, params.exact_match
+        )
+        if extra is not None:
+            results[name] |= extra(model, tokenizer)
+    return results, outputs
+
+
+def base_vs_tuned(
+    records: list[dict[str, Any]], results: dict[str, dict], outputs: dict[str, list[str]]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The metrics file (base, tuned, delta, samples) and the side-by-side generations."""
+    from tunelab.data.common import prompt_of, reference_of
+
+    metrics = {
+        **results,
+        "samples": len(records),
+        "delta": {k: round(results["tuned"][k] - results["base"][k], 4) for k in results["base"]},
+    }
+    generations = [
+        {"prompt": prompt_of(r)[-1]["content"], "reference": reference_of(r), "base": b, "tuned": t}
+        for r, b, t in zip(records, outputs["base"], outputs["tuned"], strict=True)
+    ]
+    return metrics, generations

@@ -33,11 +33,31 @@ def select_backend(requested: str, where: str) -> str:
     return backend
 
 
-def load_hf(
-    name_or_path: str, revision: str | None, model: ModelLoadParams, lora: LoraParams, seed: int
+def lora_config(
+    lora: LoraParams, modules_to_save: list[str] | None = None, tied: bool = False
+) -> Any:
+    """PEFT's LoraConfig from params; ``modules_to_save`` trains full copies of those modules
+    (``tied``: the model ties embed_tokens and lm_head, and the copies stay tied)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+        ensure_weight_tying=bool(modules_to_save) and tied,
+        **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights
+    )
+
+
+def load_hf_base(
+    name_or_path: str, revision: str | None, model: ModelLoadParams
 ) -> tuple[Any, Any]:
-    """transformers + PEFT: (Q)LoRA on AutoModelForCausalLM."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """The base model ready for adapters (4-bit prepared, gradient checkpointing) and tokenizer."""
+    from peft import prepare_model_for_kbit_training
 
     from tunelab.models.loading import load_causal_lm, load_tokenizer
 
@@ -52,16 +72,27 @@ def load_hf(
     elif model.gradient_checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-        **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights
-    )
-    return get_peft_model(base, config), tokenizer
+    return base, tokenizer
+
+
+def load_hf(
+    name_or_path: str,
+    revision: str | None,
+    model: ModelLoadParams,
+    lora: LoraParams,
+    seed: int,
+    init_adapter: Path | None = None,
+    modules_to_save: list[str] | None = None,
+) -> tuple[Any, Any]:
+    """transformers + PEFT: (Q)LoRA on AutoModelForCausalLM; a fresh adapter, or
+    ``init_adapter`` (a saved one) loaded trainable to continue it."""
+    from peft import PeftModel, get_peft_model
+
+    base, tokenizer = load_hf_base(name_or_path, revision, model)
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True), tokenizer
+    tied = bool(getattr(base.config, "tie_word_embeddings", False))
+    return get_peft_model(base, lora_config(lora, modules_to_save, tied)), tokenizer
 
 
 def load_unsloth(
@@ -72,11 +103,14 @@ def load_unsloth(
     seed: int,
     max_length: int,
     extra: dict[str, Any] | None = None,
+    init_adapter: Path | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> tuple[Any, Any]:
     """Unsloth FastLanguageModel + its get_peft_model (same LoRA settings).
 
     ``extra`` goes to ``from_pretrained`` as is (GRPO passes ``fast_inference`` etc.
-    there when vLLM rollouts are asked for).
+    there when vLLM rollouts are asked for). ``init_adapter``: Unsloth loads that
+    adapter folder (and the base its config names) trainable, instead of a fresh LoRA.
     """
     from unsloth import FastLanguageModel
 
@@ -84,7 +118,7 @@ def load_unsloth(
 
     check_safetensors(Path(name_or_path))
     base, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=name_or_path,
+        model_name=str(init_adapter) if init_adapter is not None else name_or_path,
         revision=revision,
         max_seq_length=max_length,
         dtype=torch_dtype(model.dtype),
@@ -93,17 +127,62 @@ def load_unsloth(
         use_safetensors=True,
         **(extra or {}),
     )
-    peft_model = FastLanguageModel.get_peft_model(
-        base,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        bias="none",
-        use_gradient_checkpointing="unsloth" if model.gradient_checkpointing else False,
-        random_state=seed,
-        **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights
-    )
+    if init_adapter is not None:  # already a PEFT model with that adapter, trainable
+        peft_model = base
+    else:
+        peft_model = FastLanguageModel.get_peft_model(
+            base,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            bias="none",
+            use_gradient_checkpointing="unsloth" if model.gradient_checkpointing else False,
+            random_state=seed,
+            modules_to_save=list(modules_to_save) if modules_to_save else None,
+            **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return peft_model, tokenizer
+
+
+def check_lora_matches(adapter_dir: Path, lora: LoraParams, where: str) -> None:
+    """An adapter continues with its own LoRA shape: refuse params that say otherwise."""
+    import json
+
+    from tunelab.models.loading import check_adapter
+
+    check_adapter(adapter_dir)
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    theirs = {
+        "r": config.get("r"),
+        "alpha": config.get("lora_alpha"),
+        "dropout": config.get("lora_dropout"),
+        "target_modules": sorted(config.get("target_modules") or []),
+        "use_dora": bool(config.get("use_dora")),
+    }
+    ours = {
+        "r": lora.r,
+        "alpha": lora.alpha,
+        "dropout": lora.dropout,
+        "target_modules": sorted(lora.target_modules),
+        "use_dora": lora.use_dora,
+    }
+    for key, value in ours.items():
+        if theirs[key] != value:
+            raise TunelabError(
+                f"{where}.{key}",
+                f"{value!r}, but the starting adapter {adapter_dir} has {theirs[key]!r} "
+                "(an adapter is continued with its own LoRA shape)",
+            )
+
+
+def freeze_saved_modules(model: Any) -> list[str]:
+    """Freeze the full-module copies (modules_to_save) of a loaded adapter; their names."""
+    names = set()
+    for name, param in model.named_parameters(remove_duplicate=False):  # tied copies too
+        if ".modules_to_save." in name:
+            param.requires_grad_(False)
+            names.add(name.split(".modules_to_save.")[0].rsplit(".", 1)[-1])
+    return sorted(names)

@@ -122,12 +122,18 @@ def train_sft(
     live_dir: Path,
     extra_callbacks: list[Any] | None = None,
     launch: Any = None,
+    init_adapter: Path | None = None,
+    checkpoint_stage: str = "train",
 ) -> dict[str, Any] | None:
     """Train one scenario's adapter; write it, its tokenizer and run card to out_dir.
 
     ``extra_callbacks`` are added to the Trainer's (bench/ passes a profiler this way).
     ``launch`` (launch.train params) states how the global batch is kept under several
     processes; only the main process writes the adapter (the others return None).
+    ``init_adapter``: continue that saved adapter (e.g. pretrain@<s>'s) instead of a fresh
+    LoRA; its LoRA shape must be params.lora's, and the full-module copies it trained
+    (modules_to_save: embeddings, lm_head) stay as they are: SFT trains the LoRA only.
+    ``checkpoint_stage`` names the checkpoint folder (.tunelab/checkpoints/<it>/<scenario>).
     """
     from transformers import set_seed
     from trl import SFTTrainer
@@ -136,7 +142,12 @@ def train_sft(
     from tunelab.launch import effective_batch, is_main_process, world_size
     from tunelab.models.chat import ensure_generation_template
     from tunelab.models.loading import resolve_base
-    from tunelab.training.backends import load_hf, load_unsloth
+    from tunelab.training.backends import (
+        check_lora_matches,
+        freeze_saved_modules,
+        load_hf,
+        load_unsloth,
+    )
     from tunelab.training.live import live_callback
     from tunelab.training.runcard import run_card, trainer_settings
     from tunelab.training.throughput import ThroughputMeter
@@ -151,8 +162,11 @@ def train_sft(
         f"train.{scenario}.optim.gradient_accumulation_steps",
     )
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
+    if init_adapter is not None:
+        check_lora_matches(init_adapter, params.lora, f"train.{scenario}.lora")
+        inputs["init"] = init_adapter
     fp = f"{fingerprint(params, inputs)}-world{world}"
-    ckpt, resumable = checkpoint_dir("train", scenario, fp)
+    ckpt, resumable = checkpoint_dir(checkpoint_stage, scenario, fp)
     name_or_path, revision = resolve_base(base_dir)
 
     with stage.Timer() as timer:
@@ -165,11 +179,13 @@ def train_sft(
                 params.lora,
                 params.seed,
                 params.data.max_length,
+                init_adapter=init_adapter,
             )
         else:
             model, tokenizer = load_hf(
-                name_or_path, revision, params.model, params.lora, params.seed
+                name_or_path, revision, params.model, params.lora, params.seed, init_adapter
             )
+        frozen = freeze_saved_modules(model) if init_adapter is not None else []
         initial = save_initial(model, params.lora, ckpt)  # PiSSA / OLoRA: A, B as initialised
         template_replaced = False
         if params.data.assistant_only_loss:
@@ -208,6 +224,9 @@ def train_sft(
         base_model={"name_or_path": name_or_path, "revision": revision},
         chat_template_replaced=template_replaced,
         resumed=resumable,
+        init_adapter={"path": str(init_adapter), "frozen_modules": frozen}
+        if init_adapter is not None
+        else None,
         train={
             "global_step": trainer.state.global_step,
             "train_loss": round(result.training_loss, 4),
