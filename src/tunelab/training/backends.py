@@ -147,6 +147,39 @@ def load_unsloth(
     return peft_model, tokenizer
 
 
+def load_text_model(
+    backend: str,
+    name_or_path: str,
+    revision: str | None,
+    params: Any,
+    init_adapter: Path | None = None,
+    modules_to_save: list[str] | None = None,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a text section (train.<s>, pretrain.<s>) on its backend: a
+    fresh LoRA from ``params.lora``, or ``init_adapter`` continued; ``modules_to_save``
+    trained in full beside it."""
+    if backend == "unsloth":
+        return load_unsloth(
+            name_or_path,
+            revision,
+            params.model,
+            params.lora,
+            params.seed,
+            params.data.max_length,
+            init_adapter=init_adapter,
+            modules_to_save=modules_to_save,
+        )
+    return load_hf(
+        name_or_path,
+        revision,
+        params.model,
+        params.lora,
+        params.seed,
+        init_adapter=init_adapter,
+        modules_to_save=modules_to_save,
+    )
+
+
 def check_lora_matches(adapter_dir: Path, lora: LoraParams, where: str) -> None:
     """An adapter continues with its own LoRA shape: refuse params that say otherwise."""
     import json

@@ -78,7 +78,7 @@ def train_pretrain(
 
     from tunelab import stage
     from tunelab.models.loading import resolve_base
-    from tunelab.training.backends import load_hf, load_unsloth
+    from tunelab.training.backends import load_text_model
     from tunelab.training.live import live_callback
     from tunelab.training.runcard import run_card
 
@@ -94,20 +94,9 @@ def train_pretrain(
 
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
-        if backend == "unsloth":
-            model, tokenizer = load_unsloth(
-                name_or_path,
-                revision,
-                params.model,
-                params.lora,
-                params.seed,
-                params.data.max_length,
-                modules_to_save=saved,
-            )
-        else:
-            model, tokenizer = load_hf(
-                name_or_path, revision, params.model, params.lora, params.seed, None, saved
-            )
+        model, tokenizer = load_text_model(
+            backend, name_or_path, revision, params, modules_to_save=saved
+        )
         args = SFTConfig(
             output_dir=str(ckpt),
             dataset_text_field="text",

@@ -145,8 +145,7 @@ def train_sft(
     from tunelab.training.backends import (
         check_lora_matches,
         freeze_saved_modules,
-        load_hf,
-        load_unsloth,
+        load_text_model,
     )
     from tunelab.training.live import live_callback
     from tunelab.training.runcard import run_card, trainer_settings
@@ -171,20 +170,9 @@ def train_sft(
 
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
-        if backend == "unsloth":
-            model, tokenizer = load_unsloth(
-                name_or_path,
-                revision,
-                params.model,
-                params.lora,
-                params.seed,
-                params.data.max_length,
-                init_adapter=init_adapter,
-            )
-        else:
-            model, tokenizer = load_hf(
-                name_or_path, revision, params.model, params.lora, params.seed, init_adapter
-            )
+        model, tokenizer = load_text_model(
+            backend, name_or_path, revision, params, init_adapter=init_adapter
+        )
         frozen = freeze_saved_modules(model) if init_adapter is not None else []
         initial = save_initial(model, params.lora, ckpt)  # PiSSA / OLoRA: A, B as initialised
         template_replaced = False
