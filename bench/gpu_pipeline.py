@@ -151,6 +151,34 @@ TINY_OVERLAY = {
             },
         },
     },
+    "pretrain": {
+        s: {
+            "model": {"dtype": "float32"},
+            "data": {"max_length": 128},
+            "optim": {
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 1,
+                "max_steps": 2,
+            },
+        }
+        for s in ("medical", "legal")
+    },
+    "train_pref": {
+        m: {
+            "model": {"dtype": "float32"},
+            "max_length": 256,
+            "optim": {
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 1,
+                "max_steps": 2,
+            },
+        }
+        for m in ("dpo", "orpo")
+    },
+    "evaluate_pref": {
+        m: {"model": {"dtype": "float32"}, "max_samples": 4, "decoding": {"max_new_tokens": 8}}
+        for m in ("dpo", "orpo")
+    },
     "evaluate": {
         **{
             s: {"model": {"dtype": "float32"}, "max_samples": 4, "decoding": {"max_new_tokens": 8}}

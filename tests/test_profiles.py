@@ -116,10 +116,11 @@ def test_gpu_check_overlay_changes_only_keys_the_gpu_profile_sets(tmp_path: Path
     assert set(flat_check) <= set(flat_gpu)  # so `tunelab profile smoke` restores them all
     allowed = re.compile(
         r"^(base\.\w+\.(pretrained|revision)"
-        r"|prepare\.\w+\.(source|\w+_source|split\.\w+)"
-        r"|train\.\w+\.(optim\.max_steps|grpo\.optim\.max_steps|logging_steps"
+        r"|prepare\.\w+\.(source|\w+_source|split\.\w+|columns\.\w+)"
+        r"|pretrain\.\w+\.(data\.(source|max_length|split\.\w+)|optim\.max_steps|logging_steps)"
+        r"|(train|train_pref)\.\w+\.(optim\.max_steps|grpo\.optim\.max_steps|logging_steps"
         r"|grpo\.max_completion_length|vllm\.use_vllm)"
-        r"|evaluate\.\w+\.(max_samples|max_gen_toks|decoding\.max_new_tokens)"
+        r"|(evaluate|evaluate_pref)\.\w+\.(max_samples|max_gen_toks|decoding\.max_new_tokens)"
         r"|lowrank\.als\.(dataset|ratings_path))$"
     )
     assert [k for k in flat_check if not allowed.match(k)] == []

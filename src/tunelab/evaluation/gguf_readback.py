@@ -49,17 +49,37 @@ def hf_greedy(model: Any, ids: list[int], steps: int) -> list[int]:
 
 
 def llama_cpp_model(path: Path, n_ctx: int, threads: int) -> Any:
-    """The .gguf loaded by llama.cpp (llama-cpp-python), logits kept for every position."""
+    """The .gguf loaded by llama.cpp (llama-cpp-python), logits kept for every position.
+
+    Without llama.cpp's extra CPU buffer types (``use_extra_bufts``: weight repacking and
+    the AMX kernels): on a CPU with AMX, the AMX path of llama.cpp as built by
+    llama-cpp-python 0.3.36 segfaulted in ``decode`` on the tiny test model (a 2-core
+    Xeon with AMX-INT8; a CPU without AMX ran it). The read-back checks the file's
+    tensors, and the plain CPU kernels read the same tensors. ``Llama`` does not take the
+    flag, so its default model params are swapped for the call.
+    """
+    import llama_cpp.llama as api
     from llama_cpp import Llama
 
-    return Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_threads=threads,
-        logits_all=True,
-        verbose=False,
-        seed=0,
-    )
+    default = api.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    api.llama_cpp.llama_model_default_params = without_extra_buffers
+    try:
+        return Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            logits_all=True,
+            verbose=False,
+            seed=0,
+        )
+    finally:
+        api.llama_cpp.llama_model_default_params = default
 
 
 def llama_cpp_detokenize(llm: Any, ids: list[int]) -> str:
