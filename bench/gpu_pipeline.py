@@ -182,7 +182,15 @@ TINY_OVERLAY = {
     "evaluate": {
         **{
             s: {"model": {"dtype": "float32"}, "max_samples": 4, "decoding": {"max_new_tokens": 8}}
-            for s in ("alpaca", "medical", "legal", "car_insurance")
+            for s in ("alpaca", "medical", "legal")
+        },
+        # bitsandbytes' 4-bit CPU matmul returns an empty row for the tiny vision tower's
+        # qkv (width 48) under generate ("shape '[96, 0]' is invalid"); on the H200 the
+        # 4-bit VL evaluation runs (gpu_pipeline_h200_run1.json), so only --tiny loads it full.
+        "car_insurance": {
+            "model": {"dtype": "float32", "load_in_4bit": False},
+            "max_samples": 4,
+            "decoding": {"max_new_tokens": 8},
         },
         "gsm8k": {"model": {"dtype": "float32"}, "max_samples": 4, "max_gen_toks": 16},
     },

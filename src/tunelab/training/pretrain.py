@@ -149,4 +149,23 @@ def train_pretrain(
         tokenizer.save_pretrained(tmp)
         dump_json(tmp / "run_card.json", card)
     shutil.rmtree(ckpt, ignore_errors=True)
+    match_saved_module_dtypes(trainer.model)
     return card, trainer.model, tokenizer
+
+
+def match_saved_module_dtypes(model: Any) -> None:
+    """Give the modules_to_save copies their original module's dtype again.
+
+    On a 4-bit base TRL's SFTTrainer keeps the trainable copies (embed_tokens, lm_head) in
+    bfloat16 while PEFT's k-bit preparation has put the original modules and the norms in
+    float32; outside the trainer's autocast the held-out pass then meets a float32 hidden
+    state and a bfloat16 lm_head (bench/gpu_pipeline.py --tiny found it). The saved
+    adapter is written before this, as trained.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            weight = getattr(module.original_module, "weight", None)
+            if weight is not None:
+                module.modules_to_save.to(weight.dtype)
