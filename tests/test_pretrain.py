@@ -222,3 +222,26 @@ def test_dvc_lists_the_pretrain_adapter_only_when_train_starts_from_it(tmp_path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     assert "pretrain@medical" in upstream()
     assert "pretrain@legal" not in upstream()
+
+
+def test_saved_module_copies_get_their_original_dtype_back(tiny_base: Path) -> None:
+    """On a 4-bit base TRL leaves the modules_to_save copies in bf16 beside fp32 originals;
+    the held-out pass after pretraining needs them in the original dtype again."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.training.pretrain import match_saved_module_dtypes
+
+    config = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), config)
+    copies = [p for n, p in model.named_parameters() if ".modules_to_save." in n]
+    assert copies
+    for p in copies:
+        p.data = p.data.to(torch.bfloat16)  # as the trainer leaves them
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad(), pytest.raises(RuntimeError, match="dtype"):
+        model(input_ids=ids)
+    match_saved_module_dtypes(model)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lm_head" in n)
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.dtype == torch.float32
