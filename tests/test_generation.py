@@ -158,6 +158,25 @@ def _plain_greedy(model, enc: dict, kwargs: dict, tok) -> list[list[int]]:
     return [_trim(r, tok.pad_token_id, tok.eos_token_id) for r in seqs[:, width:]]
 
 
+def skip_if_cpu_4bit_matmul_is_off(model) -> None:
+    """The references here are bitsandbytes' own 4-bit forward on the CPU. On a Xeon with
+    AVX512-BF16 and AMX (bitsandbytes 0.50, without the kernels-community CPU kernel) that
+    forward was seen to disagree with its own ``dequantize_4bit`` by more than the outputs'
+    size (3.4 against 1.6 on one q_proj), where another CPU agreed to rounding: there the
+    reference itself is wrong, so the test says so instead of comparing against it."""
+    import bitsandbytes as bnb
+
+    layer = model.model.layers[0].self_attn.q_proj
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = layer(x)
+        weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        want = x @ weight.float().T + (0 if layer.bias is None else layer.bias)
+    off = float((got - want).abs().max())
+    if off > 0.05 * float(want.abs().max()):
+        pytest.skip(f"bitsandbytes' CPU 4-bit matmul is off by {off:.3g} on this CPU")
+
+
 def test_4bit_policy_generates_compiled_through_its_dequantized_twin(tiny_base: Path) -> None:
     """QLoRA's case: a bitsandbytes 4-bit base (CPU kernels here) with a LoRA attached.
 
@@ -174,6 +193,7 @@ def test_4bit_policy_generates_compiled_through_its_dequantized_twin(tiny_base: 
     tok.padding_side = "left"
     base = load_causal_lm(str(tiny_base), None, "float32", True, False)
     assert is_quantized(base)
+    skip_if_cpu_4bit_matmul_is_off(base)
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
     lora.init_lora_weights = False
