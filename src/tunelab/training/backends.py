@@ -152,12 +152,14 @@ def load_text_model(
     name_or_path: str,
     revision: str | None,
     params: Any,
+    max_length: int,
     init_adapter: Path | None = None,
     modules_to_save: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """(model, tokenizer) of a text section (train.<s>, pretrain.<s>) on its backend: a
-    fresh LoRA from ``params.lora``, or ``init_adapter`` continued; ``modules_to_save``
-    trained in full beside it."""
+    """(model, tokenizer) of a text section (its ``model``, ``lora``, ``seed``) on its
+    backend: a fresh LoRA, or ``init_adapter`` continued; ``modules_to_save`` trained in
+    full beside it; ``extra`` for Unsloth's from_pretrained (see load_unsloth)."""
     if backend == "unsloth":
         return load_unsloth(
             name_or_path,
@@ -165,7 +167,8 @@ def load_text_model(
             params.model,
             params.lora,
             params.seed,
-            params.data.max_length,
+            max_length,
+            extra=extra,
             init_adapter=init_adapter,
             modules_to_save=modules_to_save,
         )

@@ -213,26 +213,18 @@ def load_model(
     params: GRPOTrainParams, backend: str, name_or_path: str, revision: str | None
 ) -> tuple[Any, Any]:
     """The LoRA model and tokenizer through training/backends.py."""
-    from tunelab.training.backends import load_hf, load_unsloth
+    from tunelab.training.backends import load_text_model
 
-    if backend == "unsloth":
-        extra = {}
-        if params.vllm.use_vllm:
-            extra = {
-                "fast_inference": True,
-                "gpu_memory_utilization": params.vllm.gpu_memory_utilization,
-                "max_lora_rank": params.lora.r,
-            }
-        return load_unsloth(
-            name_or_path,
-            revision,
-            params.model,
-            params.lora,
-            params.seed,
-            params.max_seq_length,
-            extra=extra,
-        )
-    return load_hf(name_or_path, revision, params.model, params.lora, params.seed)
+    extra = {}
+    if params.vllm.use_vllm:  # Unsloth's own vLLM rollouts (ignored by the hf backend)
+        extra = {
+            "fast_inference": True,
+            "gpu_memory_utilization": params.vllm.gpu_memory_utilization,
+            "max_lora_rank": params.lora.r,
+        }
+    return load_text_model(
+        backend, name_or_path, revision, params, params.max_seq_length, extra=extra
+    )
 
 
 def _resumable(folder: Path) -> bool:

@@ -51,21 +51,17 @@ def load_model(
 ) -> tuple[Any, Any, Any]:
     """(model, tokenizer, peft_config): the model the trainer wraps itself when peft_config
     is given (DPO on the hf backend, see the module docstring), else a PEFT model."""
-    from tunelab.training.backends import load_hf, load_hf_base, load_unsloth, lora_config
+    from tunelab.training.backends import load_hf_base, load_text_model, lora_config
 
     if backend == "unsloth":
         import unsloth
 
         if hasattr(unsloth, "PatchDPOTrainer"):
             unsloth.PatchDPOTrainer()
-        model, tokenizer = load_unsloth(
-            name_or_path, revision, params.model, params.lora, params.seed, params.max_length
-        )
-        return model, tokenizer, None
-    if params.method == "dpo":
+    elif params.method == "dpo":
         base, tokenizer = load_hf_base(name_or_path, revision, params.model)
         return base, tokenizer, lora_config(params.lora)
-    model, tokenizer = load_hf(name_or_path, revision, params.model, params.lora, params.seed)
+    model, tokenizer = load_text_model(backend, name_or_path, revision, params, params.max_length)
     return model, tokenizer, None
 
 

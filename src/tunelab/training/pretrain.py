@@ -95,7 +95,7 @@ def train_pretrain(
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
         model, tokenizer = load_text_model(
-            backend, name_or_path, revision, params, modules_to_save=saved
+            backend, name_or_path, revision, params, params.data.max_length, modules_to_save=saved
         )
         args = SFTConfig(
             output_dir=str(ckpt),

@@ -171,7 +171,12 @@ def train_sft(
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
         model, tokenizer = load_text_model(
-            backend, name_or_path, revision, params, init_adapter=init_adapter
+            backend,
+            name_or_path,
+            revision,
+            params,
+            params.data.max_length,
+            init_adapter=init_adapter,
         )
         frozen = freeze_saved_modules(model) if init_adapter is not None else []
         initial = save_initial(model, params.lora, ckpt)  # PiSSA / OLoRA: A, B as initialised
