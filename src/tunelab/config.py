@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunelab.errors import TunelabError
 
@@ -172,11 +179,52 @@ class LegalPrepareParams(Section):
 # -------------------------------------------------------------------------- train
 
 
+# false | true | gpu | offload | auto (tunelab.training.memory_plan): gpu keeps the layer
+# inputs on the GPU, offload is Unsloth's offloaded mode, true the backend's default
+# (Unsloth: offload, hf: gpu), auto the fastest mode the memory plan finds room for.
+GradientCheckpointing = Literal[False, True, "gpu", "offload", "auto"]
+
+
 class ModelLoadParams(Section):
+    """The model block of a text train section (loaded through training/backends.py)."""
+
     load_in_4bit: bool
     dtype: Literal["float32", "bfloat16", "float16"]
     trust_remote_code: bool
-    gradient_checkpointing: bool
+    gradient_checkpointing: GradientCheckpointing
+    memory_budget_gib: PosFloat | None  # what the memory plan may use; null: the free memory
+    memory_headroom: Annotated[float, Field(ge=0, lt=1)]  # share of the budget left free
+
+
+class VLModelLoadParams(Section):
+    """The model block of the vision-language section: no memory plan, so no auto."""
+
+    load_in_4bit: bool
+    dtype: Literal["float32", "bfloat16", "float16"]
+    trust_remote_code: bool
+    gradient_checkpointing: GradientCheckpointing
+
+    @field_validator("gradient_checkpointing")
+    @classmethod
+    def _explicit(cls, value: bool | str) -> bool | str:
+        if value == "auto":
+            raise ValueError(
+                "auto is for the text stages (the memory plan does not model a vision "
+                "tower); set false, true, gpu or offload"
+            )
+        return value
+
+
+def check_checkpointing(backend: str, model: Any) -> None:
+    """Offloaded checkpointing is Unsloth's: refuse it with backend hf (auto is checked
+    once resolved, in tunelab.training.memory_plan)."""
+    if backend == "hf" and model.gradient_checkpointing == "offload":
+        raise ParamConflict(
+            "model.gradient_checkpointing",
+            "backend hf",
+            "offload is Unsloth's offloaded checkpointing; transformers + PEFT keeps "
+            "checkpoints on the GPU (set gpu, true or auto)",
+        )
 
 
 # lora.init: PEFT's init_lora_weights names ("default" is PEFT's True: B = 0, a no-op
@@ -243,6 +291,9 @@ class SFTDataParams(Section):
     max_length: PosInt
     packing: bool
     assistant_only_loss: bool
+    # TRL's: pad every micro-batch (packed: its one flattened row) to a multiple of this, so
+    # that steps have one shape; null: pad only to the longest row
+    pad_to_multiple_of: PosInt | None
 
 
 class OptimParams(Section):
@@ -285,6 +336,7 @@ class SFTTrainParams(Section):
     @model_validator(mode="after")
     def _variant(self) -> SFTTrainParams:
         check_lora_variant(self.lora, self.model)
+        check_checkpointing(self.backend, self.model)
         return self
 
 
@@ -327,6 +379,7 @@ class ContinualPretrainParams(Section):
     @model_validator(mode="after")
     def _embeddings(self) -> ContinualPretrainParams:
         check_plain_lora(self.lora, self.optim, self.model)
+        check_checkpointing(self.backend, self.model)
         if self.optim.embedding_learning_rate is not None and not self.lora.modules_to_save:
             raise ValueError(
                 "optim.embedding_learning_rate: set, but lora.modules_to_save is empty "
@@ -370,6 +423,7 @@ class PreferenceTrainParams(Section):
     @model_validator(mode="after")
     def _loss(self) -> PreferenceTrainParams:
         check_plain_lora(self.lora, self.optim, self.model)
+        check_checkpointing(self.backend, self.model)
         if self.method == "orpo" and self.loss_type != "sigmoid":
             raise ValueError("loss_type: ORPO has a single loss; set sigmoid")
         return self
@@ -585,6 +639,7 @@ class GRPOTrainParams(Section):
     @model_validator(mode="after")
     def _variant(self) -> GRPOTrainParams:
         check_lora_variant(self.lora, self.model)
+        check_checkpointing(self.backend, self.model)
         return self
 
 
@@ -744,7 +799,7 @@ class VLTrainParams(Section):
 
     seed: int
     backend: Literal["auto", "unsloth", "hf"]
-    model: ModelLoadParams
+    model: VLModelLoadParams
     lora: VLLoraParams
     image: PixelBoundsParams  # the processor's bounds, saved with the adapter
     data: VLDataParams
@@ -755,6 +810,7 @@ class VLTrainParams(Section):
     @model_validator(mode="after")
     def _variant(self) -> VLTrainParams:
         check_lora_variant(self.lora, self.model)
+        check_checkpointing(self.backend, self.model)
         return self
 
 

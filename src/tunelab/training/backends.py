@@ -14,6 +14,7 @@ from typing import Any
 
 from tunelab.config import LoraParams, ModelLoadParams
 from tunelab.errors import TunelabError
+from tunelab.training.memory_plan import hf_checkpointing, unsloth_checkpointing
 from tunelab.training.variants import lora_kwargs
 
 
@@ -56,7 +57,10 @@ def lora_config(
 def load_hf_base(
     name_or_path: str, revision: str | None, model: ModelLoadParams
 ) -> tuple[Any, Any]:
-    """The base model ready for adapters (4-bit prepared, gradient checkpointing) and tokenizer."""
+    """The base model ready for adapters (4-bit prepared, gradient checkpointing) and tokenizer.
+
+    ``model.gradient_checkpointing`` is resolved already (tunelab.training.memory_plan).
+    """
     from peft import prepare_model_for_kbit_training
 
     from tunelab.models.loading import load_causal_lm, load_tokenizer
@@ -65,11 +69,10 @@ def load_hf_base(
     base = load_causal_lm(
         name_or_path, revision, model.dtype, model.load_in_4bit, model.trust_remote_code
     )
+    checkpointing = hf_checkpointing(model.gradient_checkpointing)  # resolved: no offload
     if model.load_in_4bit:
-        base = prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=model.gradient_checkpointing
-        )
-    elif model.gradient_checkpointing:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
     return base, tokenizer
@@ -117,6 +120,7 @@ def load_unsloth(
     from tunelab.models.loading import check_safetensors, torch_dtype
 
     check_safetensors(Path(name_or_path))
+    checkpointing = unsloth_checkpointing(model.gradient_checkpointing)  # resolved already
     base, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(init_adapter) if init_adapter is not None else name_or_path,
         revision=revision,
@@ -125,6 +129,7 @@ def load_unsloth(
         load_in_4bit=model.load_in_4bit,
         trust_remote_code=model.trust_remote_code,
         use_safetensors=True,
+        use_gradient_checkpointing=checkpointing,  # also a continued adapter's
         **(extra or {}),
     )
     if init_adapter is not None:  # already a PEFT model with that adapter, trainable
@@ -137,7 +142,7 @@ def load_unsloth(
             lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules),
             bias="none",
-            use_gradient_checkpointing="unsloth" if model.gradient_checkpointing else False,
+            use_gradient_checkpointing=checkpointing,
             random_state=seed,
             modules_to_save=list(modules_to_save) if modules_to_save else None,
             **lora_kwargs(lora),  # use_dora, use_rslora, init_lora_weights

@@ -22,7 +22,9 @@ trainers' checkpoints, ``warmup_adapter/`` the finished warm-up, so a rerun
 after a crash skips a completed warm-up and resumes GRPO from its newest
 checkpoint. Curves: the warm-up's dvclive run in ``<live_dir>/warmup``, GRPO's
 (each reward's mean, the total reward and its spread, the KL and completion
-lengths per step) in ``<live_dir>``.
+lengths per step) in ``<live_dir>``. The memory plan (tunelab.training.memory_plan)
+covers both phases' micro-batches and takes vLLM's colocated share, or the dequantized
+twin, off the budget.
 """
 
 from __future__ import annotations
@@ -227,6 +229,24 @@ def load_model(
     )
 
 
+def rollout_memory(params: GRPOTrainParams, backend: str) -> tuple[float, bool]:
+    """What rollouts hold on the training GPU, for the memory plan: (vLLM's share of the
+    GPU, whether a dense twin of the 4-bit policy is built; see rollout_engine)."""
+    import torch
+
+    v, g = params.vllm, params.generation
+    in_process = v.use_vllm and (backend == "unsloth" or v.mode == "colocate")
+    compiles = g.engine == "compiled" or (g.engine == "auto" and torch.cuda.is_available())
+    twin = (
+        not v.use_vllm
+        and backend == "hf"
+        and params.model.load_in_4bit
+        and g.quantized == "dequantize"
+        and compiles
+    )
+    return (v.gpu_memory_utilization if in_process else 0.0), twin
+
+
 def _resumable(folder: Path) -> bool:
     return any(folder.glob("checkpoint-*"))
 
@@ -320,14 +340,29 @@ def train_grpo(
     from tunelab.models.loading import resolve_base
     from tunelab.rewards import reward_functions
     from tunelab.training.live import live_callback
+    from tunelab.training.memory_plan import measured_peak_gib, resolve
     from tunelab.training.runcard import run_card, trainer_settings
 
     check_vllm(params)
     check_backend(SECTION, params.lora, backend, params.vllm.use_vllm)
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
+    name_or_path, revision = resolve_base(base_dir)
+    batches = {"grpo.optim": params.max_seq_length}  # a row: prompt + completion
+    if params.warmup.enabled:
+        batches["warmup.optim"] = params.warmup.data.max_length
+    vllm_share, twin = rollout_memory(params, backend)
+    params, memory = resolve(
+        params,
+        SECTION,
+        name_or_path,
+        revision,
+        backend,
+        batches,
+        reserve_fraction=vllm_share,
+        dense_twin=twin,
+    )
     fp = fingerprint(params, inputs)
     ckpt, _ = checkpoint_dir("train", "gsm8k", fp)
-    name_or_path, revision = resolve_base(base_dir)
     records = read_jsonl(inputs["train"])
     missing = [k for k in ("prompt", "target", "reference") if records and k not in records[0]]
     if not records or missing:
@@ -381,6 +416,7 @@ def train_grpo(
             "prompts": len(dataset),
             "curves": _summary(trainer.state.log_history),
         },
+        memory_plan=memory | {"measured_peak_gib": measured_peak_gib()},
     )
     peft_model = trainer.model
     adapters = list(getattr(peft_model, "peft_config", {}) or {})

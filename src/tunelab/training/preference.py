@@ -131,15 +131,25 @@ def train_preference(
     from tunelab.models.chat import ensure_generation_template
     from tunelab.models.loading import resolve_base
     from tunelab.training.live import live_callback
+    from tunelab.training.memory_plan import measured_peak_gib, resolve
     from tunelab.training.runcard import run_card
 
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
     records = read_jsonl(inputs["train"])
     if not records or "rejected" not in records[0]:
         raise TunelabError(str(inputs["train"]), "not prepared preference pairs (no 'rejected')")
+    name_or_path, revision = resolve_base(base_dir)
+    # chosen and rejected: two rows of max_length per pair
+    params, memory = resolve(
+        params,
+        f"train_pref.{name}",
+        name_or_path,
+        revision,
+        backend,
+        {"optim": 2 * params.max_length},
+    )
     fp = fingerprint(params, inputs)
     ckpt, resumable = checkpoint_dir("train_pref", name, fp)
-    name_or_path, revision = resolve_base(base_dir)
 
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
@@ -174,6 +184,7 @@ def train_preference(
             "pairs": len(records),
             "curves": _curves(trainer.state.log_history),
         },
+        memory_plan=memory | {"measured_peak_gib": measured_peak_gib()},
     )
     with atomic_dir(out_dir) as tmp:
         # Only the trained adapter (TRL adds a frozen "ref" copy when handed a PeftModel).

@@ -80,13 +80,23 @@ def train_pretrain(
     from tunelab.models.loading import resolve_base
     from tunelab.training.backends import load_text_model
     from tunelab.training.live import live_callback
+    from tunelab.training.memory_plan import measured_peak_gib, resolve
     from tunelab.training.runcard import run_card
 
     section = f"pretrain.{scenario}"
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
+    name_or_path, revision = resolve_base(base_dir)
+    params, memory = resolve(
+        params,
+        section,
+        name_or_path,
+        revision,
+        backend,
+        {"optim": params.data.max_length},
+        modules_to_save=params.lora.modules_to_save,
+    )
     fp = fingerprint(params, inputs)
     ckpt, resumable = checkpoint_dir("pretrain", scenario, fp)
-    name_or_path, revision = resolve_base(base_dir)
     docs = [r["text"] for r in read_jsonl(inputs["train"])]
     if not docs:
         raise TunelabError(str(inputs["train"]), "no documents to pretrain on")
@@ -143,6 +153,7 @@ def train_pretrain(
             "modules_to_save": saved,
             "learning_rates": sorted({g["initial_lr"] for g in trainer.optimizer.param_groups}),
         },
+        memory_plan=memory | {"measured_peak_gib": measured_peak_gib()},
     )
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)

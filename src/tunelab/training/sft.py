@@ -101,6 +101,7 @@ def sft_config(params: SFTTrainParams, output_dir: Path, **overrides: Any) -> An
         output_dir=str(output_dir),
         max_length=params.data.max_length,
         packing=params.data.packing,
+        pad_to_multiple_of=params.data.pad_to_multiple_of,
         assistant_only_loss=params.data.assistant_only_loss,
         **trainer_args(
             params.optim, params.logging_steps, params.save_steps, params.seed, params.model.dtype
@@ -134,6 +135,9 @@ def train_sft(
     LoRA; its LoRA shape must be params.lora's, and the full-module copies it trained
     (modules_to_save: embeddings, lm_head) stay as they are: SFT trains the LoRA only.
     ``checkpoint_stage`` names the checkpoint folder (.tunelab/checkpoints/<it>/<scenario>).
+    Gradient checkpointing (and, under auto, the micro-batch) comes from the memory plan
+    (tunelab.training.memory_plan), before the fingerprint; the card's ``memory_plan``
+    says what it chose.
     """
     from transformers import set_seed
     from trl import SFTTrainer
@@ -148,10 +152,30 @@ def train_sft(
         load_text_model,
     )
     from tunelab.training.live import live_callback
+    from tunelab.training.memory_plan import resolve
     from tunelab.training.runcard import run_card, trainer_settings
     from tunelab.training.throughput import ThroughputMeter
     from tunelab.training.variants import save_adapter, save_initial, variant_card, with_loraplus
 
+    inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
+    frozen_copies: list[str] = []  # a continued adapter's full-module copies (kept frozen)
+    if init_adapter is not None:
+        check_lora_matches(init_adapter, params.lora, f"train.{scenario}.lora")
+        inputs["init"] = init_adapter
+        config = json.loads((init_adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        frozen_copies = list(config.get("modules_to_save") or [])
+    name_or_path, revision = resolve_base(base_dir)
+    # gradient checkpointing resolved, the micro-batch split where auto had to
+    params, memory = resolve(
+        params,
+        f"train.{scenario}",
+        name_or_path,
+        revision,
+        backend,
+        {"optim": params.data.max_length},
+        modules_to_save=frozen_copies,
+        train_saved_modules=False,
+    )
     world = world_size()
     accum, global_batch = effective_batch(
         params.optim.per_device_train_batch_size,
@@ -160,13 +184,8 @@ def train_sft(
         launch.keep_global_batch if launch is not None else True,
         f"train.{scenario}.optim.gradient_accumulation_steps",
     )
-    inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
-    if init_adapter is not None:
-        check_lora_matches(init_adapter, params.lora, f"train.{scenario}.lora")
-        inputs["init"] = init_adapter
     fp = f"{fingerprint(params, inputs)}-world{world}"
     ckpt, resumable = checkpoint_dir(checkpoint_stage, scenario, fp)
-    name_or_path, revision = resolve_base(base_dir)
 
     with stage.Timer() as timer:
         set_seed(params.seed)  # before the model and the adapter are built
@@ -207,6 +226,7 @@ def train_sft(
         return None
 
     history = [h for h in trainer.state.log_history if "loss" in h]
+    throughput = meter.summary()
     card = run_card(
         scenario,
         f"train.{scenario}",
@@ -227,7 +247,7 @@ def train_sft(
             "last_logged_loss": history[-1]["loss"] if history else None,
             "train_rows": len(train_ds),
         },
-        throughput=meter.summary(),
+        throughput=throughput,
         trainer_args=trainer_settings(trainer.args),
         distributed={
             "world_size": world,
@@ -236,6 +256,7 @@ def train_sft(
             "gradient_accumulation_steps": accum,
             "global_batch_size": global_batch,
         },
+        memory_plan=memory | {"measured_peak_gib": throughput.get("peak_allocated_gib")},
     )
     with atomic_dir(out_dir) as tmp:
         save_adapter(trainer.model, tmp, initial)

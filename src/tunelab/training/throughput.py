@@ -32,7 +32,8 @@ class ThroughputMeter:
     """Attach to a transformers Trainer before ``train()``; read ``summary()`` after."""
 
     def __init__(self) -> None:
-        self.tokens = 0  # real tokens fed in training forwards so far
+        self.tokens = 0  # real tokens fed in training forwards so far (as of the last mark)
+        self._pending: list[Any] = []  # attention-mask sums not read yet (device tensors)
         self.marks: list[tuple[float, int]] = []  # (clock, tokens) at train start and step ends
         self._handle: Any = None
 
@@ -43,12 +44,20 @@ class ThroughputMeter:
         mask = kwargs.get("attention_mask")
         ids = kwargs.get("input_ids", args[0] if args else None)
         if mask is not None and mask.dim() == 2:
-            self.tokens += int(mask.sum())
+            # summed on the device and read at the step's end (mark), after its sync: an
+            # int() here would stop the host until the GPU had caught up, every forward
+            self._pending.append(mask.sum())
         elif ids is not None:
             self.tokens += ids.numel()
 
+    def _settle(self) -> None:
+        if self._pending:
+            self.tokens += int(sum(int(n) for n in self._pending))
+            self._pending.clear()
+
     def mark(self) -> None:
         _sync()
+        self._settle()
         self.marks.append((time.perf_counter(), self.tokens))
 
     def attach(self, trainer: Any) -> ThroughputMeter:
@@ -90,6 +99,9 @@ class ThroughputMeter:
                 "tokens_per_step": round(tokens / (steps - skip), 1),
                 "seconds_per_step": [
                     round(b[0] - a[0], 4) for a, b in zip(self.marks, self.marks[1:], strict=False)
+                ],
+                "tokens_each_step": [
+                    b[1] - a[1] for a, b in zip(self.marks, self.marks[1:], strict=False)
                 ],
                 "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
             }

@@ -17,7 +17,10 @@ A copy-modified SFT recipe (training/sft.py) for image + text conversations:
   only (TRL has no assistant-only masks for images; the prompt is everything
   before the assistant's answer, so it is the same);
 - checkpoints, fingerprint, run card and dvclive curves as in training/sft.py
-  (its helpers are reused, not copied).
+  (its helpers are reused, not copied);
+- ``model.gradient_checkpointing`` takes the explicit values only (false, true, gpu,
+  offload; see tunelab.training.memory_plan): the memory plan has no model of the vision
+  tower, so there is no auto here and no estimate in the run card.
 """
 
 from __future__ import annotations
@@ -26,9 +29,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import ModelLoadParams, PixelBoundsParams, VLLoraParams, VLTrainParams
+from tunelab.config import PixelBoundsParams, VLLoraParams, VLModelLoadParams, VLTrainParams
 from tunelab.data.common import text_of
 from tunelab.io import atomic_dir, dump_json, read_jsonl
+from tunelab.training.memory_plan import (
+    hf_checkpointing,
+    measured_peak_gib,
+    resolve_explicit,
+    unsloth_checkpointing,
+)
 from tunelab.training.variants import lora_kwargs
 
 LANGUAGE_MODULES = {
@@ -97,7 +106,7 @@ def load_processor(name_or_path: str, revision: str | None, trust_remote_code: b
     return processor
 
 
-def load_vl_model(name_or_path: str, revision: str | None, model: ModelLoadParams | Any) -> Any:
+def load_vl_model(name_or_path: str, revision: str | None, model: VLModelLoadParams | Any) -> Any:
     """AutoModelForImageTextToText from a hub id or local path (safetensors only)."""
     from transformers import AutoModelForImageTextToText
 
@@ -135,11 +144,10 @@ def load_hf_vl(name_or_path: str, revision: str | None, params: VLTrainParams) -
 
     processor = load_processor(name_or_path, revision, params.model.trust_remote_code)
     base = load_vl_model(name_or_path, revision, params.model)
+    checkpointing = hf_checkpointing(params.model.gradient_checkpointing)
     if params.model.load_in_4bit:
-        base = prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=params.model.gradient_checkpointing
-        )
-    elif params.model.gradient_checkpointing:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
     lora = params.lora
@@ -169,7 +177,7 @@ def load_unsloth_vl(
         dtype=torch_dtype(params.model.dtype),
         load_in_4bit=params.model.load_in_4bit,
         trust_remote_code=params.model.trust_remote_code,
-        use_gradient_checkpointing="unsloth" if params.model.gradient_checkpointing else False,
+        use_gradient_checkpointing=unsloth_checkpointing(params.model.gradient_checkpointing),
     )
     lora = params.lora
     model = FastVisionModel.get_peft_model(
@@ -265,6 +273,7 @@ def train_vl(
     from tunelab.training.sft import checkpoint_dir, fingerprint
     from tunelab.training.variants import save_adapter, save_initial, variant_card, with_loraplus
 
+    params, memory = resolve_explicit(params, f"train.{scenario}", backend)
     inputs = {"train": data_dir / "train.jsonl", "images": data_dir / "images", "base": base_dir}
     fp = fingerprint(params, inputs)
     ckpt, resumable = checkpoint_dir("train", scenario, fp)
@@ -311,6 +320,7 @@ def train_vl(
             "last_logged_loss": history[-1]["loss"] if history else None,
             "train_rows": len(train_ds),
         },
+        memory_plan=memory | {"measured_peak_gib": measured_peak_gib()},
     )
     with atomic_dir(out_dir) as tmp:
         save_adapter(trainer.model, tmp, initial)

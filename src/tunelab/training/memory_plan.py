@@ -1,0 +1,506 @@
+"""Memory plan: which gradient checkpointing a training step can afford, decided before loading.
+
+``model.gradient_checkpointing`` takes false | true | gpu | offload | auto:
+
+- false: none; gpu: the layer inputs are kept on the GPU (Unsloth's
+  ``use_gradient_checkpointing=True``, transformers' ``gradient_checkpointing_enable``);
+  offload: Unsloth's offloaded mode (``"unsloth"``: layer inputs parked in pinned CPU
+  memory), which the hf backend does not have; true: the backend's default (Unsloth:
+  offload, hf: gpu).
+- auto: the fastest mode whose estimated peak fits the budget (none > gpu > offload,
+  offload on Unsloth only). When none fits at the configured micro-batch, the micro-batch
+  is halved (divided by its smallest factor when odd) and gradient accumulation multiplied
+  by the same, so the tokens per optimizer step stay, down to micro-batch 1; when still
+  nothing fits, the smallest estimate is taken and the card says it may not fit.
+
+Explicit values are used as they are; their estimate still goes into the run card.
+After ``resolve`` the value is one of false | "gpu" | "offload"; the loaders map it to
+the library's argument (``unsloth_checkpointing``, ``hf_checkpointing``).
+
+The estimate (bytes, from the base model's config; T = tokens per micro-batch, an upper
+bound: micro-batch x max length x rows per example):
+
+- weights: N non-embedding parameters (attention q, o: 2H^2; k, v: 2H x kv width; MLP
+  3HI; per layer) at ``NF4_BYTES`` when 4-bit, else the dtype's size; embeddings and
+  lm_head (one if tied) in the compute dtype (Unsloth and bitsandbytes leave them
+  unquantised); full copies (modules_to_save) of them, trained or frozen;
+- trained parameters (LoRA: r x (in + out) per target per layer): fp32 weight and
+  gradient plus the optimizer's state (2 bytes for 8-bit optimizers, 8 otherwise);
+- activations: a layer holds ``(ACT_H x H + ACT_I x I) x itemsize`` bytes per token;
+  none: every layer's; gpu: each layer's input (H x itemsize per token) plus one layer's;
+  offload: one layer's plus Unsloth's two transfer buffers of T x H;
+- logits and loss: ``LOGITS_BYTES[backend]`` x T x V; plus ``FIXED_GIB``.
+
+Calibration (H200, bench/NOTES.md and bench/results/sft_throughput_h200_run1.json:
+Qwen2.5-7B shape, LoRA r=16 on all seven projections, T = 4 x 2048 = 8192 packed, peak
+allocated by torch): Unsloth 4-bit offload 7.45 GiB, Unsloth 4-bit no checkpointing
+36.5 GiB, hf (bitsandbytes 4-bit) gpu without Liger 16.0 GiB, hf bf16 gpu at
+T = 2 x 512 = 1024 16.8 GiB. tests/test_memory_plan.py pins the estimate to within 20%
+of each, on the high side. Not modelled: rollout generation (GRPO's KV cache), FSDP
+sharding (the estimate is that of one unsharded copy), CPU-side memory, and Unsloth
+keeping offloaded checkpoints on the GPU below a max length of 512 (its own heuristic).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+GIB = 2**30
+MODES = ("none", "gpu", "offload")  # fastest first
+NF4_BYTES = 0.53  # per 4-bit weight: NF4 (0.5) + double-quantised absmax per 64-block
+ACT_H, ACT_I = 5, 3  # a layer's activations per token: (5 H + 3 I) x itemsize (calibrated)
+# logits and loss per token x vocab: Unsloth's chunked cross-entropy never holds the full
+# fp32 logits; the hf backend holds bf16 logits and their fp32 upcast. Liger's fused loss
+# measured only 2 GiB below that (bench/NOTES.md), so hf keeps the figure with it too.
+LOGITS_BYTES = {"unsloth": 0.5, "hf": 6.0}
+FIXED_GIB = 1.0  # CUDA context, cuBLAS workspaces, allocator slack
+TRAINED_BYTES = 4 + 4  # fp32 weight + gradient per trained parameter (optimizer state apart)
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The shape of a decoder-only model, from its config."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    vocab_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+
+
+def dims_from_config(config: Any) -> Dims:
+    """Dims of a transformers config (its ``text_config`` when it has one)."""
+    text = getattr(config, "text_config", None) or config
+    values = {}
+    for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"):
+        value = getattr(text, name, None)
+        if not isinstance(value, int):
+            raise ValueError(f"the model config has no {name}")
+        values[name] = value
+    heads = getattr(text, "num_attention_heads", None)
+    if not isinstance(heads, int):
+        raise ValueError("the model config has no num_attention_heads")
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or values["hidden_size"] // heads
+    tied = getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False))
+    return Dims(
+        **values,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        tie_word_embeddings=bool(tied),
+    )
+
+
+def read_dims(name_or_path: str, revision: str | None, trust_remote_code: bool) -> Dims:
+    """Dims from the model's config.json (a hub id or a local folder; no weights)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        name_or_path, revision=revision, trust_remote_code=trust_remote_code
+    )
+    return dims_from_config(config)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the estimate needs besides the mode and the tokens per micro-batch."""
+
+    dims: Dims
+    backend: str  # unsloth | hf
+    load_in_4bit: bool
+    dtype: str
+    lora_r: int
+    target_modules: tuple[str, ...]
+    optim: str  # the optimizer's name: 8-bit ones keep 2 bytes of state per parameter
+    modules_to_save: tuple[str, ...] = ()  # full copies of embed_tokens / lm_head
+    train_saved_modules: bool = True  # false: the copies are frozen (a continued adapter)
+
+
+def projection_shapes(dims: Dims) -> dict[str, tuple[int, int]]:
+    """(in, out) of a layer's seven projections (Qwen2 / Llama names)."""
+    h, i = dims.hidden_size, dims.intermediate_size
+    q, kv = dims.num_attention_heads * dims.head_dim, dims.num_key_value_heads * dims.head_dim
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
+
+
+def non_embedding_params(dims: Dims) -> int:
+    """The attention and MLP weights of every layer (norms left out)."""
+    return dims.num_hidden_layers * sum(a * b for a, b in projection_shapes(dims).values())
+
+
+def lora_params(dims: Dims, r: int, target_modules: tuple[str, ...]) -> int:
+    """LoRA's trained parameters: r x (in + out) per target module per layer."""
+    h, i = dims.hidden_size, dims.intermediate_size
+    shapes = projection_shapes(dims)
+    names = list(shapes) if "all-linear" in target_modules else target_modules
+    # a name outside Qwen2/Llama's seven: counted as an MLP projection (the largest)
+    per_layer = sum(sum(shapes.get(n, (h, i))) for n in names)
+    return r * per_layer * dims.num_hidden_layers
+
+
+def breakdown(setup: Setup, tokens: int, mode: str) -> dict[str, float]:
+    """The estimate's parts in GiB for one micro-batch of ``tokens`` tokens."""
+    d, size = setup.dims, ITEMSIZE[setup.dtype]
+    h, i, v, layers = d.hidden_size, d.intermediate_size, d.vocab_size, d.num_hidden_layers
+    weights = non_embedding_params(d) * (NF4_BYTES if setup.load_in_4bit else size)
+    tables = 1 if d.tie_word_embeddings else 2  # embed_tokens and lm_head
+    embeddings = tables * v * h * size
+    trained = TRAINED_BYTES + (2 if "8bit" in setup.optim else 8)
+    copies = min(len(set(setup.modules_to_save)), tables) * v * h
+    saved = copies * (trained if setup.train_saved_modules else size)
+    lora = lora_params(d, setup.lora_r, setup.target_modules) * trained
+    layer = tokens * size * (ACT_H * h + ACT_I * i)
+    if mode == "none":
+        activations = layers * layer
+    elif mode == "gpu":
+        activations = layers * tokens * h * size + layer
+    else:  # offload: one layer's, plus the GPU buffers the layer inputs go through
+        activations = layer + 2 * tokens * h * size
+    parts = {
+        "weights": weights,
+        "embeddings": embeddings + saved,
+        "trained": lora,
+        "activations": activations,
+        "logits": tokens * v * LOGITS_BYTES[setup.backend],
+    }
+    return {k: x / GIB for k, x in parts.items()} | {"fixed": FIXED_GIB}
+
+
+def estimate_gib(setup: Setup, tokens: int, mode: str) -> float:
+    """Estimated peak memory of a training step in GiB."""
+    return sum(breakdown(setup, tokens, mode).values())
+
+
+def modes_for(backend: str) -> tuple[str, ...]:
+    """The modes a backend has (hf has no offloaded checkpointing)."""
+    return MODES if backend == "unsloth" else MODES[:2]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training phase's batch: micro-batch, accumulation and tokens per row."""
+
+    micro_batch: int
+    accumulation: int
+    row_tokens: int  # max length x rows per example (DPO/ORPO: chosen and rejected)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``choose`` decided, with the estimates it decided on."""
+
+    mode: str  # none | gpu | offload
+    batches: tuple[Batch, ...]  # as planned (split or not)
+    tokens: int  # tokens of the largest micro-batch
+    estimates_gib: dict[str, float]  # per mode, at these batches
+    fits: bool
+    split: bool
+
+
+def _smallest_factor(n: int) -> int:
+    return next(f for f in range(2, n + 1) if n % f == 0)
+
+
+def _split(batch: Batch) -> Batch:
+    if batch.micro_batch == 1:
+        return batch
+    f = _smallest_factor(batch.micro_batch)
+    return Batch(batch.micro_batch // f, batch.accumulation * f, batch.row_tokens)
+
+
+def choose(setup: Setup, requested: str, batches: tuple[Batch, ...], usable_gib: float) -> Plan:
+    """The plan for ``requested`` (auto, or an explicit none / gpu / offload).
+
+    Every phase's micro-batch is split together; the largest one sets the estimate.
+    """
+    modes = modes_for(setup.backend)
+    current = tuple(batches)
+    while True:
+        tokens = max(b.micro_batch * b.row_tokens for b in current)
+        est = {m: estimate_gib(setup, tokens, m) for m in modes}
+        split = current != tuple(batches)
+        if requested != "auto":
+            return Plan(requested, current, tokens, est, est[requested] <= usable_gib, False)
+        for mode in modes:
+            if est[mode] <= usable_gib:
+                return Plan(mode, current, tokens, est, True, split)
+        if all(b.micro_batch == 1 for b in current):
+            smallest = min(modes, key=est.__getitem__)
+            return Plan(smallest, current, tokens, est, False, split)
+        current = tuple(_split(b) for b in current)
+
+
+# ------------------------------------------------------------------ values and libraries
+
+
+def checkpointing_mode(value: Any, backend: str, key: str) -> str | None:
+    """none / gpu / offload for a params value on this backend; None for auto."""
+    if value == "auto":
+        return None
+    if value is True:
+        return "offload" if backend == "unsloth" else "gpu"
+    if value is False:
+        return "none"
+    if value == "offload" and backend != "unsloth":
+        raise TunelabError(
+            key,
+            "offload is Unsloth's offloaded checkpointing; the hf backend (transformers + "
+            "PEFT) keeps checkpoints on the GPU only: set gpu, true or auto",
+        )
+    return value
+
+
+def param_value(mode: str) -> bool | str:
+    """The resolved params value of a mode: false, gpu or offload."""
+    return False if mode == "none" else mode
+
+
+def _resolved(value: Any, backend: str) -> str:
+    mode = checkpointing_mode(value, backend, "model.gradient_checkpointing")
+    if mode is None:
+        raise TunelabError(
+            "model.gradient_checkpointing", "auto reached the loader unresolved (memory_plan)"
+        )
+    return mode
+
+
+def unsloth_checkpointing(value: Any) -> bool | str:
+    """Unsloth's ``use_gradient_checkpointing`` for a params value: False, True or "unsloth"."""
+    return {"none": False, "gpu": True, "offload": "unsloth"}[_resolved(value, "unsloth")]
+
+
+def hf_checkpointing(value: Any) -> bool:
+    """Whether the hf backend enables gradient checkpointing for a params value."""
+    return _resolved(value, "hf") == "gpu"
+
+
+# ------------------------------------------------------------------------- budget
+
+
+def system_available_bytes() -> int:
+    """Available system RAM: psutil's, else /proc/meminfo's MemAvailable."""
+    try:
+        import psutil
+    except ImportError:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    return int(psutil.virtual_memory().available)
+
+
+def device_budget_gib() -> tuple[float, str]:
+    """Free memory of the device this process trains on, and what it is.
+
+    Under a multi-process launch every process takes the smallest of all, so that they
+    plan alike; processes of one machine share its RAM.
+    """
+    import torch
+
+    from tunelab.launch import world_size
+
+    world = world_size()
+    if world > 1:
+        from accelerate import PartialState
+
+        PartialState()  # sets this process's GPU and starts the process group
+    if torch.cuda.is_available():
+        gib, source = torch.cuda.mem_get_info()[0] / GIB, "free GPU memory"
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        gib, source = system_available_bytes() / GIB / local, "system RAM"
+    if world > 1:
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * world
+        dist.all_gather_object(values, gib)
+        gib = min(values)
+    return gib, source
+
+
+def total_device_gib() -> float:
+    """The whole memory of this process's GPU (0 without one)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0
+    return torch.cuda.mem_get_info()[1] / GIB
+
+
+def measured_peak_gib() -> float | None:
+    """torch's peak allocated CUDA memory in GiB (None on the CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / GIB, 2)
+
+
+# ------------------------------------------------------------------------ resolve
+
+
+def _get(params: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        params = getattr(params, part)
+    return params
+
+
+def _replace(params: Any, dotted: str, **values: Any) -> Any:
+    """A copy of frozen params with the fields at ``dotted`` (a nested block) replaced."""
+    head, _, rest = dotted.partition(".")
+    inner = getattr(params, head)
+    inner = _replace(inner, rest, **values) if rest else inner.model_copy(update=values)
+    return params.model_copy(update={head: inner})
+
+
+def _r(x: float) -> float:
+    return round(x, 2)
+
+
+def resolve(
+    params: Any,
+    section: str,
+    name_or_path: str,
+    revision: str | None,
+    backend: str,
+    batches: Mapping[str, int],
+    modules_to_save: tuple[str, ...] | list[str] = (),
+    train_saved_modules: bool = True,
+    reserve_fraction: float = 0.0,
+    dense_twin: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """(params with gradient checkpointing resolved, the run card's ``memory_plan``).
+
+    ``batches``: each phase's optim block (a dotted path in params, e.g. ``optim``,
+    ``grpo.optim``) -> tokens per row (max length x rows per example); auto may split
+    those blocks' micro-batches. ``reserve_fraction``: the share of the GPU something
+    else takes (vLLM colocated rollouts); ``dense_twin``: a dense copy of the weights for
+    rollouts (GRPO's DequantizedTwin). Both are taken from the budget.
+    """
+    model = params.model
+    key = f"{section}.model.gradient_checkpointing"
+    requested = model.gradient_checkpointing
+    explicit = checkpointing_mode(requested, backend, key)
+    card: dict[str, Any] = {"requested": requested}
+    try:
+        dims = read_dims(name_or_path, revision, model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if explicit is None:
+            raise TunelabError(
+                key,
+                f"auto needs the dims of the base model's config ({why}); "
+                "set false, true, gpu or offload",
+            ) from None
+        resolved = _replace(params, "model", gradient_checkpointing=param_value(explicit))
+        return resolved, card | {"chosen": explicit, "estimates_gib": None, "note": why}
+
+    setup = Setup(
+        dims=dims,
+        backend=backend,
+        load_in_4bit=model.load_in_4bit,
+        dtype=model.dtype,
+        lora_r=params.lora.r,
+        target_modules=tuple(params.lora.target_modules),
+        optim=_get(params, next(iter(batches))).optim,
+        modules_to_save=tuple(modules_to_save),
+        train_saved_modules=train_saved_modules,
+    )
+    if model.memory_budget_gib is not None:
+        budget, source = model.memory_budget_gib, "memory_budget_gib"
+    else:
+        budget, source = device_budget_gib()
+    reserved = reserve_fraction * total_device_gib()
+    if dense_twin:  # the whole model once more in the compute dtype
+        tables = 1 if dims.tie_word_embeddings else 2
+        dense = non_embedding_params(dims) + tables * dims.vocab_size * dims.hidden_size
+        reserved += dense * ITEMSIZE[model.dtype] / GIB
+    usable = budget * (1 - model.memory_headroom) - reserved
+    wanted = tuple(
+        Batch(o.per_device_train_batch_size, o.gradient_accumulation_steps, tokens)
+        for o, tokens in ((_get(params, path), tokens) for path, tokens in batches.items())
+    )
+    plan = choose(setup, explicit or "auto", wanted, usable)
+
+    resolved = _replace(params, "model", gradient_checkpointing=param_value(plan.mode))
+    for path, batch in zip(batches, plan.batches, strict=True):
+        resolved = _replace(
+            resolved,
+            path,
+            per_device_train_batch_size=batch.micro_batch,
+            gradient_accumulation_steps=batch.accumulation,
+        )
+    first = plan.batches[0]
+    card |= {
+        "chosen": plan.mode,
+        "budget_gib": _r(budget),
+        "budget_source": source,
+        "headroom": model.memory_headroom,
+        "reserved_gib": _r(reserved),
+        "usable_gib": _r(usable),
+        "tokens_per_micro_batch": plan.tokens,
+        "estimates_gib": {m: _r(x) for m, x in plan.estimates_gib.items()},
+        "per_device_train_batch_size": first.micro_batch,
+        "gradient_accumulation_steps": first.accumulation,
+        "split": plan.split,
+        "fits": plan.fits,
+    }
+    if len(batches) > 1:
+        card["batches"] = {
+            path: {
+                "per_device_train_batch_size": b.micro_batch,
+                "gradient_accumulation_steps": b.accumulation,
+            }
+            for path, b in zip(batches, plan.batches, strict=True)
+        }
+    from tunelab.launch import is_main_process
+
+    if is_main_process():
+        print(summary(card), flush=True)
+    return resolved, card
+
+
+def resolve_explicit(params: Any, section: str, backend: str) -> tuple[Any, dict[str, Any]]:
+    """An explicit value resolved for the backend, with no estimate (vision-language)."""
+    key = f"{section}.model.gradient_checkpointing"
+    requested = params.model.gradient_checkpointing
+    mode = checkpointing_mode(requested, backend, key)
+    if mode is None:
+        raise TunelabError(key, "auto needs the memory plan, which this stage does not have")
+    resolved = _replace(params, "model", gradient_checkpointing=param_value(mode))
+    note = "no estimate: the memory plan does not model vision-language models"
+    return resolved, {"requested": requested, "chosen": mode, "estimates_gib": None, "note": note}
+
+
+def summary(card: dict[str, Any]) -> str:
+    """One line for the log: the mode, its estimate against the budget, the batch."""
+    mode, asked = card["chosen"], card["requested"]
+    asked = str(asked).lower() if isinstance(asked, bool) else asked
+    line = (
+        f"memory plan: gradient checkpointing {mode} (asked: {asked}), "
+        f"~{card['estimates_gib'][mode]} GiB of {card['usable_gib']} GiB usable "
+        f"({card['budget_source']} {card['budget_gib']} GiB), micro-batch "
+        f"{card['per_device_train_batch_size']}, accumulation {card['gradient_accumulation_steps']}"
+    )
+    if card["split"]:
+        line += " (split to fit)"
+    if not card["fits"]:
+        line += "; may not fit: the estimate is above the budget"
+    return line
