@@ -88,9 +88,10 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "tunelab_auto": ("unsloth", {}),
     # the plan under a 16 GiB budget (a 16 GB card's choice, measured on the H200).
     "tunelab_auto_16gib": ("unsloth", {"model.memory_budget_gib": 16}),
-    # tunelab_gpu with every packed micro-batch padded to one length (4 x 2048 = 8192).
+    # tunelab_gpu with every packed micro-batch padded to one length (4 x 2048 = 8192); it
+    # shares the process of the setups before it (Unsloth's offload buffers already grown).
     "tunelab_gpu_fixed_shape": (
-        "unsloth_fixed",
+        "unsloth",
         {"model.gradient_checkpointing": "offload", "data.pad_to_multiple_of": 8192},
     ),
     "tunelab_unsloth_4bit_no_gc": ("unsloth", {"model.gradient_checkpointing": False}),
