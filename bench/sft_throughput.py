@@ -94,6 +94,11 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
         "unsloth",
         {"model.gradient_checkpointing": "offload", "data.pad_to_multiple_of": 8192},
     ),
+    # tunelab_gpu with Python's own garbage-collector schedule (gc_every_steps null)
+    "tunelab_gpu_python_gc": (
+        "unsloth",
+        {"model.gradient_checkpointing": "offload", "gc_every_steps": None},
+    ),
     "tunelab_unsloth_4bit_no_gc": ("unsloth", {"model.gradient_checkpointing": False}),
     "tunelab_unsloth_bf16": ("unsloth", {"model.load_in_4bit": False}),
     # the transformers + PEFT fallback of the same stage (bitsandbytes 4-bit).
@@ -112,8 +117,8 @@ DEFAULT_SETUPS = [
     "tunelab_gpu",
     "tunelab_auto",
     "tunelab_auto_16gib",
+    "tunelab_gpu_python_gc",
     "unsloth_alone",
-    "tunelab_gpu_fixed_shape",
     "hf_seed",
 ]
 VARIANT_SETUPS = [n for n, (group, _) in SETUPS.items() if group.startswith("variants")]
@@ -541,7 +546,9 @@ def run_tunelab(
     from tunelab.training.sft import train_sft
 
     frames: list[int] = []
-    callbacks, prof = [compile_counter(frames)], None
+    gcs: list = []
+    watch = GcWatch()
+    callbacks, prof = [compile_counter(frames, watch, gcs)], None
     if profile_out is not None and steps > PROFILED + 2:
         prof = StepProfiler(steps - 2, 2, profile_out)
         callbacks.append(prof.callback())
@@ -566,6 +573,8 @@ def run_tunelab(
     t["profile"] = prof.result if prof is not None else None
     t["losses"] = logged_losses(work / "live" / name)
     t["compiled_frames_at_step_end"] = frames
+    t["python_gc_ms_and_full_collections_each_step"] = gcs
+    watch.close()
     t["memory_plan"] = card.get("memory_plan")
     t |= {
         "backend": backend,
@@ -578,6 +587,7 @@ def run_tunelab(
             "max_length": params.data.max_length,
             "per_device_train_batch_size": params.optim.per_device_train_batch_size,
             "optim": params.optim.optim,
+            "gc_every_steps": params.gc_every_steps,
         },
         "last_logged_loss": card["train"]["last_logged_loss"],
         "adapter_files": sorted(p.name for p in (work / "adapters" / name).iterdir()),
@@ -616,13 +626,39 @@ def dynamo_frames() -> int:
     return int(counters["frames"]["total"])
 
 
-def compile_counter(into: list[int]) -> Any:
-    """Trainer callback: torch.compile frames compiled so far, at every step end."""
+class GcWatch:
+    """Host time spent in Python's garbage collector (gc.callbacks), read per step."""
+
+    def __init__(self) -> None:
+        self.ms, self.full, self._t = 0.0, 0, None
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif self._t is not None:
+            self.ms += (time.perf_counter() - self._t) * 1e3
+            self.full += info.get("generation") == 2
+            self._t = None
+
+    def take(self) -> list:
+        """[ms in the collector, full collections] since the last take."""
+        out, self.ms, self.full = [round(self.ms, 1), self.full], 0.0, 0
+        return out
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._cb)
+
+
+def compile_counter(into: list[int], watch: GcWatch, gc_into: list) -> Any:
+    """Trainer callback: torch.compile frames compiled so far and the step's time in
+    Python's garbage collector, at every step end."""
     from transformers import TrainerCallback
 
     class _CB(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
             into.append(dynamo_frames())
+            gc_into.append(watch.take())
 
     return _CB()
 
@@ -726,7 +762,8 @@ def run_unsloth_alone(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    seconds, tokens, losses, frames = [], [], [], []
+    seconds, tokens, losses, frames, gcs = [], [], [], [], []
+    watch = GcWatch()
     sync()
     last = time.perf_counter()
     for step in range(1, steps + 1):
@@ -742,6 +779,7 @@ def run_unsloth_alone(
         seconds.append(round(now - last, 4))
         losses.append(round(float(loss), 4))
         frames.append(dynamo_frames())
+        gcs.append(watch.take())
         if prof is not None:
             prof.step_end(step)
         last = time.perf_counter()  # the profiler's start and stop are not a step's time
@@ -755,8 +793,11 @@ def run_unsloth_alone(
         "tokens_each_step": tokens,
         "losses": losses,
         "compiled_frames_at_step_end": frames,
+        "python_gc_ms_and_full_collections_each_step": gcs,
+        "python_gc": "Python's own schedule (a plain loop)",
         "profile": prof.result if prof is not None else None,
     }
+    watch.close()
     if cuda:
         out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
