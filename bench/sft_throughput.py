@@ -94,11 +94,6 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
         "unsloth",
         {"model.gradient_checkpointing": "offload", "data.pad_to_multiple_of": 8192},
     ),
-    # tunelab_gpu with Python's own garbage-collector schedule (gc_every_steps null)
-    "tunelab_gpu_python_gc": (
-        "unsloth",
-        {"model.gradient_checkpointing": "offload", "gc_every_steps": None},
-    ),
     "tunelab_unsloth_4bit_no_gc": ("unsloth", {"model.gradient_checkpointing": False}),
     "tunelab_unsloth_bf16": ("unsloth", {"model.load_in_4bit": False}),
     # the transformers + PEFT fallback of the same stage (bitsandbytes 4-bit).
@@ -117,7 +112,6 @@ DEFAULT_SETUPS = [
     "tunelab_gpu",
     "tunelab_auto",
     "tunelab_auto_16gib",
-    "tunelab_gpu_python_gc",
     "unsloth_alone",
     "hf_seed",
 ]
@@ -368,6 +362,9 @@ def tunelab_params(overrides: dict[str, Any], steps: int, tiny: bool) -> Any:
     return SFTTrainParams.model_validate(section)
 
 
+# Warm-up steps left out of every setup's rate (--warmup-steps): compilation, autotuning,
+# cuDNN attention plans per new length and Unsloth's offload buffers all settle there.
+WARMUP = {"steps": 2}
 # Steps left out of the rate when a setup is profiled: the two profiled steps and the one
 # whose end starts the profiler.
 PROFILED = 3
@@ -564,6 +561,7 @@ def run_tunelab(
     )
     t = dict(card["throughput"])
     t["meter_tokens_per_second"] = t["tokens_per_second"]
+    t["warmup_steps_left_out"] = WARMUP["steps"] if steps > WARMUP["steps"] else 0
     t |= step_figures(
         t["seconds_per_step"],
         t["tokens_each_step"],
@@ -587,7 +585,6 @@ def run_tunelab(
             "max_length": params.data.max_length,
             "per_device_train_batch_size": params.optim.per_device_train_batch_size,
             "optim": params.optim.optim,
-            "gc_every_steps": params.gc_every_steps,
         },
         "last_logged_loss": card["train"]["last_logged_loss"],
         "adapter_files": sorted(p.name for p in (work / "adapters" / name).iterdir()),
@@ -783,7 +780,7 @@ def run_unsloth_alone(
         if prof is not None:
             prof.step_end(step)
         last = time.perf_counter()  # the profiler's start and stop are not a step's time
-    skip = 2 if steps > 2 else 0
+    skip = WARMUP["steps"] if steps > WARMUP["steps"] else 0
     out = step_figures(seconds, tokens, skip, PROFILED if prof is not None else 0)
     out |= {
         "steps": steps,
@@ -794,7 +791,6 @@ def run_unsloth_alone(
         "losses": losses,
         "compiled_frames_at_step_end": frames,
         "python_gc_ms_and_full_collections_each_step": gcs,
-        "python_gc": "Python's own schedule (a plain loop)",
         "profile": prof.result if prof is not None else None,
     }
     watch.close()
@@ -865,6 +861,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per setup")
     parser.add_argument(
+        "--warmup-steps", type=int, default=2, help="first steps left out of the rate"
+    )
+    parser.add_argument(
         "--profile", default="tunelab_gpu,unsloth_alone", help="setups to profile (last 2 steps)"
     )
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (model, data)")
@@ -876,6 +875,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.profile = [p for p in args.profile.split(",") if p]
+    WARMUP["steps"] = args.warmup_steps
     if args.worker:
         return worker(args)
 
@@ -936,6 +936,8 @@ def main() -> None:
             ",".join(members),
             "--steps",
             str(args.steps),
+            "--warmup-steps",
+            str(args.warmup_steps),
             "--work",
             str(args.work),
             "--model-dir",

@@ -332,7 +332,6 @@ class SFTTrainParams(Section):
     optim: OptimParams
     logging_steps: PosInt
     save_steps: PosInt
-    gc_every_steps: PosInt | None  # tunelab.training.pygc; null: Python's own collector
 
     @model_validator(mode="after")
     def _variant(self) -> SFTTrainParams:

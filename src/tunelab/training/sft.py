@@ -153,7 +153,6 @@ def train_sft(
     )
     from tunelab.training.live import live_callback
     from tunelab.training.memory_plan import resolve
-    from tunelab.training.pygc import gc_callback
     from tunelab.training.runcard import run_card, trainer_settings
     from tunelab.training.throughput import ThroughputMeter
     from tunelab.training.variants import save_adapter, save_initial, variant_card, with_loraplus
@@ -218,7 +217,7 @@ def train_sft(
             ),
             train_dataset=train_ds,
             processing_class=tokenizer,
-            callbacks=[*callbacks, *gc_callback(params.gc_every_steps), *(extra_callbacks or [])],
+            callbacks=[*callbacks, *(extra_callbacks or [])],
         )
         meter = ThroughputMeter().attach(trainer)
         result = trainer.train(resume_from_checkpoint=True if resumable else None)
