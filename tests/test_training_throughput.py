@@ -127,3 +127,93 @@ def test_bench_variant_setups_validate_on_the_gpu_profile() -> None:
     assert got["tunelab_gpu_loraplus"].optim.loraplus_lr_ratio == 16.0
     pissa = got["tunelab_bf16_pissa"]
     assert pissa.lora.init == "pissa" and not pissa.model.load_in_4bit  # PiSSA needs bf16
+
+
+def test_bench_step_figures_leave_out_warmup_and_profiled_steps() -> None:
+    bench = _bench()
+    secs = [9.0, 2.0, 1.0, 1.0, 1.2, 1.0, 5.0, 5.0, 5.0]  # warm-up 2, profiled 3
+    toks = [100] * 9
+    f = bench.step_figures(secs, toks, skip=2, profiled=3)
+    assert f["steps_timed"] == 4 and f["tokens_timed"] == 400
+    assert f["tokens_per_second"] == round(400 / 4.2, 1)
+    assert f["median_step_seconds"] == 1.0 and f["slowest_step_over_median"] == 1.2
+    assert not f["steady"]  # 1.2 > 1.15 x the median
+    assert bench.step_figures([1.0, 1.0, 1.1], [5, 5, 5], 0, 0)["steady"]
+
+
+def test_bench_loss_agreement_and_targets_read_the_figures() -> None:
+    bench = _bench()
+    a = {"setup": "tunelab_auto", "losses": [12.0, 11.0, 10.0], "tokens_per_second": 16_000.0}
+    b = {"setup": "tunelab_gpu", "losses": [12.0, 11.1, 10.0], "tokens_per_second": 12_500.0}
+    agree = bench.loss_agreement(a, b)
+    assert agree["steps_compared"] == 3 and agree["max_abs_diff"] == 0.1
+    assert agree["agree_within_2_percent"]  # 0.1 / 11.1 < 2 %
+    b["losses"] = [12.0, 13.0, 10.0]
+    assert not bench.loss_agreement(a, b)["agree_within_2_percent"]
+    assert bench.loss_agreement(a, None) is None
+    b |= {"peak_allocated_gib": 8.5, "steady": True, "vs_unsloth_alone": 1.05}
+    alone = {"setup": "unsloth_alone", "tokens_per_second": 11_900.0}
+    seed = {"setup": "hf_seed", "tokens_per_second": 1_000.0}
+    t = bench.targets(
+        {"tunelab_gpu": b, "tunelab_auto": a, "unsloth_alone": alone, "hf_seed": seed}
+    )
+    assert t["tunelab_gpu_tokens_per_second_ge_12200"] and not t["tunelab_gpu_peak_le_8_gib"]
+    assert (
+        not t["tunelab_gpu_ge_1.1x_unsloth_alone"] and t["tunelab_auto_tokens_per_second_ge_15000"]
+    )
+    assert t["ge_10x_hf_seed"]
+
+
+def test_bench_issue16_setups_are_the_profile_with_one_change() -> None:
+    bench = _bench()
+    gpu = bench.tunelab_params(bench.SETUPS["tunelab_gpu"][1], 5, False)
+    auto = bench.tunelab_params(bench.SETUPS["tunelab_auto"][1], 5, False)
+    small = bench.tunelab_params(bench.SETUPS["tunelab_auto_16gib"][1], 5, False)
+    fixed = bench.tunelab_params(bench.SETUPS["tunelab_gpu_fixed_shape"][1], 5, False)
+    assert gpu.model.gradient_checkpointing == "offload"
+    assert auto.model.gradient_checkpointing == "auto" and auto.model.memory_budget_gib is None
+    assert small.model.gradient_checkpointing == "auto" and small.model.memory_budget_gib == 16
+    assert fixed.data.pad_to_multiple_of == 8192 == 4 * fixed.data.max_length
+    # --tiny: offload is Unsloth's (CUDA only), so the CPU path checkpoints on the device
+    tiny = bench.tunelab_params(bench.SETUPS["tunelab_gpu_fixed_shape"][1], 5, True)
+    assert tiny.model.gradient_checkpointing == "gpu"
+    assert tiny.data.pad_to_multiple_of == 4 * tiny.data.max_length
+    assert set(bench.DEFAULT_SETUPS) <= set(bench.SETUPS)
+
+
+@pytest.mark.slow
+def test_bench_tiny_runs_unsloth_alone_and_the_plan(tiny_base: Path, tmp_path: Path) -> None:
+    """The benchmark's code paths on the CPU (Unsloth alone's loop runs on transformers +
+    PEFT there: Unsloth needs CUDA); the figures are the CPU's, only their shape is checked."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "sft_throughput.py"),
+        "--tiny",
+        "--setups",
+        "tunelab_auto,unsloth_alone",
+        "--steps",
+        "6",
+        "--profile",
+        "unsloth_alone",
+        "--work",
+        str(tmp_path / "work"),
+        "--tokenizer",
+        str(tiny_base),
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    by = {r["setup"]: r for r in report["results"]}
+    assert by["tunelab_auto"]["status"] == by["unsloth_alone"]["status"] == "ok"
+    auto, alone = by["tunelab_auto"], by["unsloth_alone"]
+    assert auto["memory_plan"]["requested"] == "auto" and auto["memory_plan"]["chosen"] == "none"
+    assert len(auto["losses"]) == len(alone["losses"]) == 6
+    assert alone["steps_timed"] == 6 - 2 - 3  # warm-up and the profiled steps left out
+    assert alone["profile"]["steps_profiled"] == 2 and alone["profile"]["top_host_ops_by_self_time"]
+    assert "x alone" in res.stdout and auto["vs_unsloth_alone"] > 0
