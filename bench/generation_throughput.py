@@ -48,7 +48,6 @@ import contextlib
 import gc
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -521,9 +520,9 @@ def main() -> None:
         build_model(
             model_dir, TINY if args.tiny else QWEN25_7B, args.tokenizer, "cuda" if cuda else "cpu"
         )
-    command = "python bench/generation_throughput.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:]
-    )
+    from recorded import command_line  # bench/recorded.py (bench/ is the script's folder)
+
+    command = command_line("generation_throughput.py", sys.argv[1:])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     if args.compile_backend:
         env["TUNELAB_BENCH_COMPILE_BACKEND"] = args.compile_backend

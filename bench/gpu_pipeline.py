@@ -677,8 +677,10 @@ def main() -> None:
     poller = GpuPoller()
     stages = schedule(workdir, env, args.jobs, deadline, poller)
     poller.stop()
+    from recorded import command_line  # bench/recorded.py (bench/ is the script's folder)
+
     out = {
-        "command": "python bench/gpu_pipeline.py " + " ".join(sys.argv[1:]),
+        "command": command_line("gpu_pipeline.py", sys.argv[1:]),
         "green": all(s["status"] == "ok" for s in stages),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "machine": machine(),

@@ -39,7 +39,6 @@ import gc
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -895,7 +894,9 @@ def main() -> None:
     unknown = [n for n in names if n not in SETUPS]
     if unknown:
         sys.exit(f"unknown setups {unknown}; known: {', '.join(SETUPS)}")
-    command = "python bench/sft_throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    from recorded import command_line  # bench/recorded.py (bench/ is the script's folder)
+
+    command = command_line("sft_throughput.py", sys.argv[1:])
     t_start = time.perf_counter()
     for stale in args.work.glob("result-*.json"):
         stale.unlink()

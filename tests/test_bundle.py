@@ -59,3 +59,23 @@ def test_a_requirement_that_is_not_an_exact_pin_is_one_clear_error(tmp_path: Pat
         bundle.read_pins(req)
     req.write_text("Foo_Bar==1.0\nbaz.qux==2 ; python_version >= '3.9'\n")
     assert bundle.read_pins(req) == {"foo-bar": "1.0", "baz-qux": "2"}
+
+
+def test_a_recorded_command_names_no_path_of_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recorded
+
+    monkeypatch.setenv("OUT", "/root/out")
+    argv = [
+        "--out",
+        "/root/out/run.json",
+        "--tokenizer",
+        str(ROOT / "bench/vendor/tokenizer"),
+        "a b",
+    ]
+    line = recorded.command_line("sft_throughput.py", argv)
+    assert (
+        line
+        == "python bench/sft_throughput.py --out $OUT/run.json --tokenizer bench/vendor/tokenizer 'a b'"
+    )
+    monkeypatch.delenv("OUT")
+    assert "/root/out/run.json" in recorded.command_line("x.py", ["/root/out/run.json"])
