@@ -217,6 +217,7 @@ def run_plain(spec: dict[str, Any], model_dir: Path, data_dir: Path, steps: int)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.io import read_jsonl
+    from tunelab.training.throughput import sync_device as sync
 
     cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -269,10 +270,6 @@ def run_plain(spec: dict[str, Any], model_dir: Path, data_dir: Path, steps: int)
             "attention_mask": mask.to(device),
             "labels": labels.to(device),
         }
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -541,10 +538,9 @@ def run_tunelab(
     backend = select_backend(params.backend, f"bench {name}")
     from tunelab.training.sft import train_sft
 
-    frames: list[int] = []
     gcs: list = []
     watch = GcWatch()
-    callbacks, prof = [compile_counter(frames, watch, gcs)], None
+    callbacks, prof = [gc_recorder(watch, gcs)], None
     if profile_out is not None and steps > PROFILED + 2:
         prof = StepProfiler(steps - 2, 2, profile_out)
         callbacks.append(prof.callback())
@@ -569,7 +565,6 @@ def run_tunelab(
     )
     t["profile"] = prof.result if prof is not None else None
     t["losses"] = logged_losses(work / "live" / name)
-    t["compiled_frames_at_step_end"] = frames
     t["python_gc_ms_and_full_collections_each_step"] = gcs
     watch.close()
     t["memory_plan"] = card.get("memory_plan")
@@ -578,7 +573,7 @@ def run_tunelab(
         "params": {
             "load_in_4bit": params.model.load_in_4bit,
             "dtype": params.model.dtype,
-            "gradient_checkpointing": params.model.gradient_checkpointing,
+            "gradient_checkpointing": card["params"]["model"]["gradient_checkpointing"],
             "liger_kernel": params.liger_kernel and backend == "hf",
             "packing": params.data.packing,
             "max_length": params.data.max_length,
@@ -613,15 +608,6 @@ def step_figures(seconds: list[float], tokens: list[int], skip: int, profiled: i
     }
 
 
-def dynamo_frames() -> int:
-    """Frames torch.compile has compiled so far in this process (recompilations included)."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:
-        return 0
-    return int(counters["frames"]["total"])
-
-
 class GcWatch:
     """Host time spent in Python's garbage collector (gc.callbacks), read per step."""
 
@@ -646,15 +632,13 @@ class GcWatch:
         gc.callbacks.remove(self._cb)
 
 
-def compile_counter(into: list[int], watch: GcWatch, gc_into: list) -> Any:
-    """Trainer callback: torch.compile frames compiled so far and the step's time in
-    Python's garbage collector, at every step end."""
+def gc_recorder(watch: GcWatch, into: list) -> Any:
+    """Trainer callback: the step's time in Python's garbage collector, at every step end."""
     from transformers import TrainerCallback
 
     class _CB(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            into.append(dynamo_frames())
-            gc_into.append(watch.take())
+            into.append(watch.take())
 
     return _CB()
 
@@ -722,6 +706,8 @@ def run_unsloth_alone(
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from tunelab.io import read_jsonl
+    from tunelab.training.memory_plan import measured_peak_gib
+    from tunelab.training.throughput import sync_device as sync
 
     length = params.data.max_length
     ids = [
@@ -751,14 +737,10 @@ def run_unsloth_alone(
         opt = torch.optim.AdamW(trainable, lr=o.learning_rate, weight_decay=o.weight_decay)
     prof = StepProfiler(steps - 2, 2, profile_out) if profile_out and steps > PROFILED + 2 else None
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    seconds, tokens, losses, frames, gcs = [], [], [], [], []
+    seconds, tokens, losses, gcs = [], [], [], []
     watch = GcWatch()
     sync()
     last = time.perf_counter()
@@ -774,7 +756,6 @@ def run_unsloth_alone(
         now = time.perf_counter()
         seconds.append(round(now - last, 4))
         losses.append(round(float(loss), 4))
-        frames.append(dynamo_frames())
         gcs.append(watch.take())
         if prof is not None:
             prof.step_end(step)
@@ -788,13 +769,12 @@ def run_unsloth_alone(
         "seconds_per_step": seconds,
         "tokens_each_step": tokens,
         "losses": losses,
-        "compiled_frames_at_step_end": frames,
         "python_gc_ms_and_full_collections_each_step": gcs,
         "profile": prof.result if prof is not None else None,
     }
     watch.close()
     if cuda:
-        out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["peak_allocated_gib"] = measured_peak_gib()
         out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
     return out
 

@@ -148,16 +148,12 @@ def test_auto_checkpointing_plans_memory_then_trains(
 
     short = {"optim__max_steps": 2, "logging_steps": 1, "save_steps": 100, "backend": "hf"}
     params = section("train.alpaca", model__gradient_checkpointing="auto", **short)
-    card = train_sft(
-        "alpaca",
-        params,
-        "hf",
-        tiny_base,
-        prepared,
-        tmp_path / "a",
-        tmp_path / "l",
-        [Checkpointing()],
-    )
+
+    def train(params, name: str) -> dict:  # noqa: ANN001
+        out, live = tmp_path / name / "adapter", tmp_path / name / "live"
+        return train_sft("alpaca", params, "hf", tiny_base, prepared, out, live, [Checkpointing()])
+
+    card = train(params, "a")
     plan = card["memory_plan"]
     assert plan["requested"] == "auto" and plan["budget_source"] == "system RAM"
     assert plan["chosen"] == "none" and plan["fits"] and not plan["split"]  # the tiny model
@@ -185,16 +181,7 @@ def test_auto_checkpointing_plans_memory_then_trains(
         model__memory_budget_gib=budget,
         **short,
     )
-    card = train_sft(
-        "alpaca",
-        params,
-        "hf",
-        tiny_base,
-        prepared,
-        tmp_path / "b",
-        tmp_path / "m",
-        [Checkpointing()],
-    )
+    card = train(params, "b")
     plan = card["memory_plan"]
     assert (plan["chosen"], plan["split"], plan["fits"]) == ("gpu", True, True)
     assert plan["budget_source"] == "memory_budget_gib"

@@ -188,8 +188,10 @@ def load_text_model(
     )
 
 
-def check_lora_matches(adapter_dir: Path, lora: LoraParams, where: str) -> None:
-    """An adapter continues with its own LoRA shape: refuse params that say otherwise."""
+def check_lora_matches(adapter_dir: Path, lora: LoraParams, where: str) -> dict[str, Any]:
+    """An adapter continues with its own LoRA shape: refuse params that say otherwise.
+
+    Returns the adapter's config (adapter_config.json)."""
     import json
 
     from tunelab.models.loading import check_adapter
@@ -217,6 +219,7 @@ def check_lora_matches(adapter_dir: Path, lora: LoraParams, where: str) -> None:
                 f"{value!r}, but the starting adapter {adapter_dir} has {theirs[key]!r} "
                 "(an adapter is continued with its own LoRA shape)",
             )
+    return config
 
 
 def freeze_saved_modules(model: Any) -> list[str]:

@@ -160,9 +160,8 @@ def train_sft(
     inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
     frozen_copies: list[str] = []  # a continued adapter's full-module copies (kept frozen)
     if init_adapter is not None:
-        check_lora_matches(init_adapter, params.lora, f"train.{scenario}.lora")
+        config = check_lora_matches(init_adapter, params.lora, f"train.{scenario}.lora")
         inputs["init"] = init_adapter
-        config = json.loads((init_adapter / "adapter_config.json").read_text(encoding="utf-8"))
         frozen_copies = list(config.get("modules_to_save") or [])
     name_or_path, revision = resolve_base(base_dir)
     # gradient checkpointing resolved, the micro-batch split where auto had to

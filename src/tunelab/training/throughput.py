@@ -21,7 +21,8 @@ from typing import Any
 WARMUP_STEPS = 2
 
 
-def _sync() -> None:
+def sync_device() -> None:
+    """Wait for the GPU's queued work (nothing on the CPU)."""
     import torch
 
     if torch.cuda.is_available():
@@ -56,7 +57,7 @@ class ThroughputMeter:
             self._pending.clear()
 
     def mark(self) -> None:
-        _sync()
+        sync_device()
         self._settle()
         self.marks.append((time.perf_counter(), self.tokens))
 
