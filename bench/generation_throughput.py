@@ -58,12 +58,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_throughput import QWEN25_7B, ROOT, TINY, build_model, log  # noqa: E402
 
+from tunelab.training.throughput import sync_device  # noqa: E402
+
 NUM_GENERATIONS = 6
 NEW_TOKENS = 256
 GSM8K_TEST = 1319
 PATHS = (
     "hf_bf16",
     "tunelab_compiled",
+    "tunelab_continuous",
     "tunelab_compiled_sdpa",
     "unsloth_4bit",
     "unsloth_bf16",
@@ -72,10 +75,14 @@ PATHS = (
 )
 PROMPT_TOKENS = 256  # issue 11's setting
 ISSUE11_SEQUENCES = (48, 192)
+# issue 15's workload with real stops: rows end at lengths drawn from 32..512
+# (new_tokens / 8 .. 2 x new_tokens)
+VARIED_ROWS, VARIED_SLOTS = 384, 192
 
 
 def engine_params(path: str) -> Any:
-    """evaluate.alpaca.generation from params.yaml, forced to the compiled engine.
+    """evaluate.alpaca.generation from params.yaml, forced to the path's engine
+    (``*continuous*``: the continuous engine, other tunelab paths: compiled).
 
     ``TUNELAB_BENCH_COMPILE_BACKEND`` (the bench's --compile-backend) overrides the
     backend, e.g. aot_eager for a CPU run of the code paths.
@@ -85,7 +92,7 @@ def engine_params(path: str) -> Any:
     # evaluate.alpaca's block: the one that offers generation.quantized (the 4-bit paths)
     gen = load_section("evaluate.alpaca", ROOT / "params.yaml").generation
     update = {
-        "engine": "compiled",
+        "engine": "continuous" if "continuous" in path else "compiled",
         "decode_attention": "sdpa" if path.endswith("_sdpa") else gen.decode_attention,
     }
     if os.environ.get("TUNELAB_BENCH_COMPILE_BACKEND"):
@@ -134,14 +141,14 @@ def fixed_length_rate(model: Any, tok: Any, path: str, sequences: int, new: int)
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         return (out.shape[1] - ids.shape[1]) * out.shape[0]
 
-    _sync()
+    sync_device()
     t0 = time.perf_counter()
     once()
-    _sync()
+    sync_device()
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     generated = once()
-    _sync()
+    sync_device()
     seconds = time.perf_counter() - t0
     return {
         "sequences": sequences,
@@ -151,7 +158,135 @@ def fixed_length_rate(model: Any, tok: Any, path: str, sequences: int, new: int)
         "first_call_seconds": round(first, 2),
         "seconds": round(seconds, 3),
         "tokens_per_second": round(generated / seconds, 1),
+    } | engine_stats(model)
+
+
+def engine_stats(model: Any) -> dict:
+    """The continuous engine's split of its last run (prefill, decode steps, host)."""
+    held = getattr(model, "_tunelab_engine", None)
+    return {"engine_stats": held[1].stats.as_dict()} if held else {}
+
+
+def profile_decode(model: Any, steps: int = 8) -> dict:
+    """Where one decode step's GPU time goes: ``steps`` replays of the continuous engine's
+    captured graph (its last shape) under torch.profiler, kernels grouped by kind."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    engine = model._tunelab_engine[1]
+    if engine.graph is None:
+        return {"note": "no captured graph"}
+    engine.graph.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.graph.replay()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / steps
+    kinds: dict[str, float] = {}
+    kernels: dict[str, list] = {}
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = e.name
+        low = name.lower()
+        kind = (
+            "matmul"
+            if any(
+                k in low for k in ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "splitk")
+            )
+            else "fused (triton)"
+            if low.startswith("triton")
+            else "other"
+        )
+        us = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+        kinds[kind] = kinds.get(kind, 0.0) + us
+        k = kernels.setdefault(name[:90], [0, 0.0])
+        k[0] += 1
+        k[1] += us
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][1])[:12]
+    return {
+        "slots": engine.slots,
+        "cache_len": engine.max_len,
+        "wall_ms_per_step": round(1000 * wall, 3),
+        "gpu_ms_per_step_by_kind": {k: round(v / steps / 1000, 3) for k, v in kinds.items()},
+        "kernels_per_step": round(sum(v[0] for v in kernels.values()) / steps, 1),
+        "top_kernels_ms_per_step": {n: round(v[1] / steps / 1000, 3) for n, v in top},
     }
+
+
+def varied_stops(model: Any, tok: Any, path: str, new: int) -> dict:
+    """Rows that end at lengths drawn from 32..512 (greedy; each row's length is its
+    own limit, as if EOS came there), VARIED_ROWS prompts over VARIED_SLOTS slots.
+
+    The continuous engine runs it with refill and without (waves of VARIED_SLOTS rows,
+    each waiting for its longest), and the two must give the same rows in the same
+    order; the compiled engine runs it in batches of VARIED_SLOTS. A fixed-length greedy
+    run (``new`` tokens, VARIED_SLOTS sequences) is the figure to compare with.
+    """
+    import random
+
+    import torch
+
+    from tunelab.generation import generate_new_tokens
+
+    device = next(model.parameters()).device
+    lo, hi = max(1, new // 8), 2 * new
+    rng = random.Random(0)
+    limits = [rng.randint(lo, hi) for _ in range(VARIED_ROWS)]
+    ids = random_prompts(tok, VARIED_ROWS, PROMPT_TOKENS, 7).to(device)
+    mask = torch.ones_like(ids)
+    kwargs = {
+        "max_new_tokens": hi,
+        "min_new_tokens": hi,  # no early EOS from random weights: the limits end the rows
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "pad_token_id": tok.pad_token_id,
+    }
+    params = engine_params(path)
+
+    def timed(p: Any, n: int, limits_: list | None, kw: dict) -> tuple[list, float]:
+        sync_device()
+        t0 = time.perf_counter()
+        rows = generate_new_tokens(model, ids[:n], mask[:n], p, VARIED_SLOTS, kw, limits=limits_)
+        sync_device()
+        return rows, time.perf_counter() - t0
+
+    fixed_kw = kwargs | {"max_new_tokens": new, "min_new_tokens": new}
+    timed(params, VARIED_SLOTS, None, fixed_kw)  # compile / capture for these shapes
+    rows, sec = timed(params, VARIED_SLOTS, None, fixed_kw)
+    out: dict[str, Any] = {
+        "rows": VARIED_ROWS,
+        "slots": VARIED_SLOTS,
+        "lengths": f"uniform {lo}..{hi}, mean {sum(limits) / len(limits):.1f}",
+        "fixed_greedy_tokens_per_second": round(sum(len(r) for r in rows) / sec, 1),
+    }
+    timed(params, VARIED_SLOTS, limits[:VARIED_SLOTS], kwargs)  # the max_len=768 shapes
+    made = sum(limits)
+    rows, sec = timed(params, VARIED_ROWS, limits, kwargs)
+    out |= {
+        "generated_tokens": made,
+        "seconds": round(sec, 3),
+        "tokens_per_second": round(made / sec, 1),
+        "lengths_as_asked": [len(r) for r in rows] == limits,
+    } | engine_stats(model)
+    out["ratio_to_fixed_greedy"] = round(
+        out["tokens_per_second"] / out["fixed_greedy_tokens_per_second"], 3
+    )
+    if params.engine == "continuous":
+        waves = params.model_copy(update={"refill": False})
+        timed(waves, VARIED_SLOTS, limits[:VARIED_SLOTS], kwargs)
+        same, wsec = timed(waves, VARIED_ROWS, limits, kwargs)
+        equal = [a.tolist() == b.tolist() for a, b in zip(rows, same, strict=True)]
+        out["without_refill"] = {
+            "seconds": round(wsec, 3),
+            "tokens_per_second": round(made / wsec, 1),
+            "rows_identical_to_refill": f"{sum(equal)}/{len(equal)}",
+        }
+    return out
 
 
 def gsm8k_eval_end_to_end(path: str, model_dir: Path, work: Path, n: int, max_gen: int) -> dict:
@@ -206,13 +341,6 @@ def prompts_from_sample(n: int) -> list[list[dict[str, str]]]:
     return [msgs[i % len(msgs)] for i in range(n)]
 
 
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def generate_rate(
     model: Any, tok: Any, prompts: list, batch: int, new: int, sample: bool, n_return: int
 ) -> dict[str, Any]:
@@ -235,11 +363,11 @@ def generate_rate(
             for p in prompts[start : start + batch]
         ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        _sync()
+        sync_device()
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate(**enc, **kwargs)
-        _sync()
+        sync_device()
         seconds += time.perf_counter() - t0
         generated += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
         batches += 1
@@ -450,6 +578,10 @@ def measure_issue11(args: argparse.Namespace, path: str, result: dict, cuda: boo
     result["fixed_length"] = [
         fixed_length_rate(model, tok, path, n, args.new_tokens) for n in ISSUE11_SEQUENCES
     ]
+    if "continuous" in path and cuda:
+        result["decode_profile"] = profile_decode(model)
+    if args.varied and "continuous" in path:
+        result["varied_stops"] = varied_stops(model, tok, path, args.new_tokens)
     del model
     _generation_done(result, cuda)
     if args.grpo_steps and (path.startswith("tunelab") or path == "hf_bf16"):
@@ -501,6 +633,11 @@ def main() -> None:
         help="256-token prompts at 48 and 192 sequences; GRPO step and --eval-prompts "
         "GSM8K problems end to end for tunelab paths",
     )
+    p.add_argument(
+        "--varied",
+        action="store_true",
+        help="with --issue11: issue 15's rows with real stops (lengths 32..512) for tunelab paths",
+    )
     p.add_argument("--tokenizer", type=Path, default=ROOT / "models" / "base" / "text")
     p.add_argument("--timeout", type=float, default=None, help="seconds per path process")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -536,6 +673,7 @@ def main() -> None:
         for k in ("grpo_prompts", "grpo_steps", "eval_prompts", "eval_batch", "new_tokens"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         cmd += ["--issue11"] if args.issue11 else []
+        cmd += ["--varied"] if args.varied else []
         log(f"path {path}")
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(cmd, env=env, cwd=ROOT, timeout=args.timeout)
@@ -552,21 +690,48 @@ def main() -> None:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.issue11:
+        print_issue_table(results)
+        return
     print(
         f"\n{'path':14} {'status':7} {'GRPO gen tok/s':>15} {'GRPO s/step':>12} {'eval tok/s':>11} {'1319 s':>8}"
     )
     for r in results:
-        for f in r.get("fixed_length", []):
-            print(f"{r['path']:24} {f['sequences']:4} sequences: {f['tokens_per_second']:>9} tok/s")
-        if "gsm8k_eval" in r:
-            ev = r["gsm8k_eval"]
-            print(f"{r['path']:24} {ev['prompts']}-prompt eval: {ev['seconds_end_to_end']} s")
         g, e, s = r.get("grpo_rollout", {}), r.get("eval", {}), r.get("grpo_step", {})
         print(
             f"{r['path']:14} {r.get('status', '?'):7} {g.get('tokens_per_second', '-'):>15} "
             f"{s.get('mean_seconds_per_step_timed', '-'):>12} {e.get('tokens_per_second', '-'):>11} "
             f"{e.get('extrapolated_seconds_for_1319_prompts', '-'):>8}"
         )
+
+
+def issue_rows(r: dict) -> dict[str, Any]:
+    """One path's figures for issue 15's table (``-``: not measured for this path)."""
+    fixed = {f["sequences"]: f["tokens_per_second"] for f in r.get("fixed_length", [])}
+    varied = r.get("varied_stops", {})
+    waves = varied.get("without_refill", {})
+    return {
+        "48 sequences, tok/s": fixed.get(48, "-"),
+        "192 sequences, tok/s": fixed.get(192, "-"),
+        "GRPO step, s": r.get("grpo_step", {}).get("mean_seconds_per_step_timed", "-"),
+        "GSM8K 1,319 end to end, s": r.get("gsm8k_eval", {}).get("seconds_end_to_end", "-"),
+        "real stops, tok/s": varied.get("tokens_per_second", "-"),
+        "real stops / fixed greedy": varied.get("ratio_to_fixed_greedy", "-"),
+        "real stops without refill, tok/s": waves.get("tokens_per_second", "-"),
+        "rows identical with/without refill": waves.get("rows_identical_to_refill", "-"),
+        "status": r.get("status", "?"),
+    }
+
+
+def print_issue_table(results: list[dict]) -> None:
+    """Every row of issue 15 with one column per path, side by side."""
+    columns = [(r["path"], issue_rows(r)) for r in results]
+    if not columns:
+        return
+    width = max(len(k) for k in columns[0][1]) + 1
+    print("\n" + " " * width + "".join(f"{name:>26}" for name, _ in columns))
+    for key in columns[0][1]:
+        print(f"{key:{width}}" + "".join(f"{str(rows[key]):>26}" for _, rows in columns))
 
 
 if __name__ == "__main__":

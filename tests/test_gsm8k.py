@@ -439,41 +439,53 @@ def test_real_gsm8k_through_prepare_and_evaluation(grpo_run: dict, tmp_path: Pat
     assert generations[0]["question"].startswith("Janet")
 
 
-COMPILED = {
-    "generation__engine": "compiled",
-    "generation__prompt_bucket": 32,
-    "generation__compile_backend": "aot_eager",  # inductor's codegen is for the GPU bench
-}
+def _fast(engine: str) -> dict:
+    return {
+        "generation__engine": engine,
+        "generation__prompt_bucket": 32,
+        "generation__sync_every": 4,
+        "generation__compile_backend": "aot_eager",  # inductor's codegen is for the GPU bench
+    }
 
 
 @pytest.mark.slow
-def test_lm_eval_through_the_compiled_engine_matches_plain_generate(grpo_run: dict) -> None:
-    """Same greedy generations and scores from lm-eval's own loop and the compiled path."""
+@pytest.mark.parametrize("engine", ["compiled", "continuous"])
+def test_lm_eval_through_the_fast_engines_matches_plain_generate(
+    grpo_run: dict, engine: str
+) -> None:
+    """Same greedy generations and scores from lm-eval's own loop and tunelab's engines
+    (compiled: lm-eval's batches of 4, the second filled up to 4 rows; continuous: all 6
+    requests in one call over 4 slots, refilled, lm-eval's stop strings checked by it)."""
     import torch
 
     from tunelab.evaluation.gsm8k import evaluate_gsm8k
 
     work = grpo_run["work"]
     plain = section("evaluate.gsm8k", **EVAL_SMALL | {"max_samples": 6})
-    compiled = section("evaluate.gsm8k", **EVAL_SMALL | {"max_samples": 6}, **COMPILED)
+    fast = section("evaluate.gsm8k", **EVAL_SMALL | {"max_samples": 6}, **_fast(engine))
     m_plain, g_plain = evaluate_gsm8k(plain, grpo_run["base"], work / "adapter", work / "data")
     torch._dynamo.utils.counters.clear()
-    m_fast, g_fast = evaluate_gsm8k(compiled, grpo_run["base"], work / "adapter", work / "data")
+    m_fast, g_fast = evaluate_gsm8k(fast, grpo_run["base"], work / "adapter", work / "data")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
-    # 6 prompts in batches of 4: the second batch is filled up to 4 rows.
     assert [(g["base"], g["tuned"]) for g in g_fast] == [(g["base"], g["tuned"]) for g in g_plain]
     assert m_fast == m_plain
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("four_bit", "engine"), [(False, "compiled"), (True, "dequantized_twin")], ids=["bf16", "4bit"]
+    ("four_bit", "setting", "engine"),
+    [
+        (False, "compiled", "compiled"),
+        (False, "continuous", "continuous"),
+        (True, "continuous", "dequantized_twin"),
+    ],
+    ids=["bf16-compiled", "bf16-continuous", "4bit-continuous"],
 )
-def test_grpo_rollouts_through_the_compiled_engine(
-    grpo_run: dict, tmp_path: Path, four_bit: bool, engine: str
+def test_grpo_rollouts_through_the_fast_engines(
+    grpo_run: dict, tmp_path: Path, four_bit: bool, setting: str, engine: str
 ) -> None:
-    """Compiled rollouts; a 4-bit (QLoRA, bitsandbytes CPU kernels) policy samples from its
-    dequantized bf16 twin."""
+    """Compiled or continuous rollouts; a 4-bit (QLoRA, bitsandbytes CPU kernels) policy
+    samples from its dequantized bf16 twin through the continuous engine."""
     import torch
 
     from tunelab.training.grpo import train_grpo
@@ -483,7 +495,7 @@ def test_grpo_rollouts_through_the_compiled_engine(
         backend="hf",
         model__load_in_4bit=four_bit,
         **FEW_STEPS | {"grpo__optim__max_steps": 1, "warmup__enabled": False},
-        **COMPILED,
+        **_fast(setting),
     )
     cwd = os.getcwd()
     os.chdir(tmp_path)

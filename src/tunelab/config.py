@@ -443,13 +443,19 @@ class DecodingParams(Section):
 class GenerationEngineParams(Section):
     """How text is generated without vLLM (tunelab.generation): evaluation and GRPO rollouts."""
 
-    engine: Literal["auto", "compiled", "generate"]  # auto: compiled on a GPU, generate on CPU
-    prompt_bucket: PosInt  # prompts left-padded to a multiple: one compiled shape per bucket
-    decode_attention: Literal["grouped", "sdpa"]  # grouped: no repeated key/value heads
+    # auto: continuous on a GPU (compiled for models it does not support), generate on CPU
+    engine: Literal["auto", "continuous", "compiled", "generate"]
+    prompt_bucket: PosInt  # prompts padded to a multiple: one compiled shape per bucket
+    decode_attention: Literal["grouped", "sdpa"]  # compiled: grouped = no repeated KV heads
     compile_backend: Literal["inductor", "aot_eager", "eager"]
     compile_mode: Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
     ]
+    # continuous (tunelab.generation.engine): its own CUDA graph per decode step
+    cuda_graph: bool
+    sync_every: PosInt  # decode steps between host looks (ended rows, stop strings, refill)
+    refill: bool  # a finished row's slot takes the next prompt at once
+    prefill_tokens: PosInt  # prompt tokens per prefill call
 
 
 class QuantizedGenerationParams(GenerationEngineParams):

@@ -72,24 +72,37 @@ def write_task(folder: Path, train_file: Path, test_file: Path) -> Path:
 
 
 def lm_class(params: GSM8KEvaluateParams) -> type:
-    """lm-eval's ``hf`` model, generating through tunelab.generation's compiled engine.
+    """lm-eval's ``hf`` model, generating through tunelab.generation.
 
     With the engine resolving to ``generate`` (auto on the CPU) it is lm-eval's own
-    generation untouched. Otherwise each of lm-eval's batches (already left-padded,
-    sorted by length) goes through the static-cache compiled path, with lm-eval's own
-    stop-string criteria; the result is shaped as ``HFLM._model_generate`` returns it
-    (context + new tokens, pad after the end).
+    generation untouched. The compiled engine takes each of lm-eval's batches (already
+    left-padded, sorted by length) with lm-eval's own stop-string criteria. The
+    continuous engine takes all of a task's requests in one call (lm-eval's batch is
+    widened to them; ``batch_size`` is then the engine's slots, refilled as rows end)
+    with the same stop check (generation.engine.stop_strings). The result is shaped as
+    ``HFLM._model_generate`` returns it (context + new tokens, pad after the end).
     """
     from lm_eval.models.huggingface import HFLM
     from lm_eval.models.utils_hf import stop_sequences_criteria
 
-    from tunelab.generation import generate_new_tokens, resolve_engine
+    from tunelab.generation import generate_new_tokens, is_fast, resolve_engine
+    from tunelab.generation.engine import stop_strings
 
     class CompiledHFLM(HFLM):
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            if resolve_engine(params.generation, self.model) != "continuous":
+                return super().generate_until(requests, disable_tqdm)
+            slots = self.batch_size_per_gpu
+            self.batch_size_per_gpu = max(1, len(requests))  # one call: the engine refills
+            try:
+                return super().generate_until(requests, disable_tqdm)
+            finally:
+                self.batch_size_per_gpu = slots
+
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             import torch
 
-            if resolve_engine(params.generation, self.model) != "compiled":
+            if not is_fast(resolve_engine(params.generation, self.model)):
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
             pad = self.tokenizer.pad_token_id
             mask = generation_kwargs.pop("attention_mask", None)
@@ -107,6 +120,7 @@ def lm_class(params: GSM8KEvaluateParams) -> type:
                 params.batch_size,
                 kwargs,
                 stopping=lambda width, n: stop_sequences_criteria(self.tokenizer, stop, width, n),
+                stop=stop_strings(self.tokenizer, stop),
             )
             new = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=context.dtype)
             for i, r in enumerate(rows):

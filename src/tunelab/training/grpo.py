@@ -115,7 +115,8 @@ def grpo_config(params: GRPOTrainParams, output_dir: Path, **overrides: Any) -> 
 
 
 def rollout_engine(params: GRPOTrainParams, backend: str, model: Any) -> str:
-    """Where rollouts come from: vllm, compiled, dequantized_twin, unsloth or generate.
+    """Where rollouts come from: vllm, continuous, compiled, dequantized_twin, unsloth
+    or generate.
 
     With the unsloth backend a quantized policy samples through Unsloth's own decode
     (it replaces the Qwen2 forward functions with its own, which keep no transformers
@@ -161,7 +162,7 @@ def rollout_trainer(params: GRPOTrainParams, backend: str) -> type:
             plain_text = not any(images or []) and not multimodal_fields
             if (
                 self.use_transformers_continuous_batching
-                or engine not in ("compiled", "dequantized_twin")
+                or engine not in ("continuous", "compiled", "dequantized_twin")
                 or not plain_text
             ):
                 return super()._generate_single_turn(
@@ -236,7 +237,9 @@ def rollout_memory(params: GRPOTrainParams, backend: str) -> tuple[float, bool]:
 
     v, g = params.vllm, params.generation
     in_process = v.use_vllm and (backend == "unsloth" or v.mode == "colocate")
-    compiles = g.engine == "compiled" or (g.engine == "auto" and torch.cuda.is_available())
+    compiles = g.engine in ("compiled", "continuous") or (
+        g.engine == "auto" and torch.cuda.is_available()
+    )
     twin = (
         not v.use_vllm
         and backend == "hf"

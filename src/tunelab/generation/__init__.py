@@ -57,23 +57,36 @@ def is_quantized(model: Any) -> bool:
 
 
 def resolve_engine(params: GenerationEngineParams, model: Any) -> str:
-    """``compiled``, ``dequantize`` or ``generate`` for this model.
+    """``continuous``, ``compiled``, ``dequantize`` or ``generate`` for this model.
 
-    ``auto`` compiles on an accelerator, not on the CPU. A bitsandbytes-quantized model
-    is never compiled itself (its quantizer is not compileable): where the engine would
-    compile and ``params.quantized`` is ``dequantize`` the answer is ``dequantize`` (the
-    caller generates from bf16 weights holding the same values, see the module
-    docstring), otherwise plain ``generate``.
+    ``auto`` takes the continuous engine (tunelab.generation.engine) on an accelerator
+    for the model families it supports, the compiled one for the others, plain
+    ``generate`` on the CPU. A bitsandbytes-quantized model runs neither itself (its
+    quantizer is not compileable): where the engine would be a fast one and
+    ``params.quantized`` is ``dequantize`` the answer is ``dequantize`` (the caller
+    generates from bf16 weights holding the same values, see the module docstring),
+    otherwise plain ``generate``.
     """
+    from tunelab.generation.engine import unsupported
+
     if params.engine == "generate":
         return "generate"
     device = next(model.parameters()).device
-    compile_here = params.engine == "compiled" or device.type == "cuda"
+    fast = params.engine in ("compiled", "continuous") or device.type == "cuda"
     if is_quantized(model):
         # Only sections that can load 4-bit offer the choice (evaluate.gsm8k loads bf16).
         wanted = getattr(params, "quantized", None)
-        return "dequantize" if compile_here and wanted == "dequantize" else "generate"
-    return "compiled" if compile_here else "generate"
+        return "dequantize" if fast and wanted == "dequantize" else "generate"
+    if not fast:
+        return "generate"
+    if params.engine == "auto":
+        return "compiled" if unsupported(model) else "continuous"
+    return params.engine
+
+
+def is_fast(engine: str) -> bool:
+    """The engines this package runs itself (callers hand generation to it)."""
+    return engine in ("continuous", "compiled")
 
 
 def for_generation(model: Any, params: GenerationEngineParams) -> Any:
@@ -225,6 +238,21 @@ def _left_pad(ids: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int) ->
     return torch.cat([pad_ids, ids], 1), torch.cat([pad_mask, mask], 1)
 
 
+class _RowLimits:
+    """transformers stopping criterion: row i ends after ``limits[i]`` new tokens."""
+
+    def __init__(self, width: int, limits: list[int]) -> None:
+        self.width, self.limits = width, limits
+        self._tensor: Any = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        if self._tensor is None:
+            self._tensor = torch.tensor(self.limits, device=input_ids.device)
+        return (input_ids.shape[1] - self.width) >= self._tensor
+
+
 def generate_new_tokens(
     model: Any,
     input_ids: torch.Tensor,
@@ -233,13 +261,20 @@ def generate_new_tokens(
     batch_size: int,
     generation_kwargs: dict[str, Any],
     stopping: Callable[[int, int], Any] | None = None,
+    stop: Callable[[list[int], int], int | None] | None = None,
+    limits: list[int] | None = None,
 ) -> list[torch.Tensor]:
     """Generate for left-padded prompts; returns each row's new tokens (EOS kept).
 
     ``generation_kwargs`` are GenerationConfig fields (max_new_tokens, sampling, pad and
-    EOS ids, ...). ``stopping(prompt_width, rows)`` builds stopping criteria for a batch
-    (lm-eval's stop strings). Rows come back in input order, padded with pad_token_id
-    after they end exactly as ``generate`` pads them.
+    EOS ids, ...). Rows come back in input order. ``batch_size``: rows decoded together
+    (the continuous engine's slots). Stop strings: ``stopping(prompt_width, rows)``
+    builds transformers stopping criteria for a batch (the compiled and plain paths),
+    ``stop`` is the same check for the continuous engine (engine.stop_strings).
+    ``limits``: per-row max new tokens (a stopping criterion on the other paths, which
+    keep decoding a batch until its longest row ends). The continuous engine's
+    rows end at their EOS (or stop); the other paths pad them with pad_token_id as
+    ``generate`` does.
     """
     import torch
     from transformers import CompileConfig, GenerationConfig
@@ -247,6 +282,23 @@ def generate_new_tokens(
     engine = resolve_engine(params, model)
     if engine == "dequantize":
         raise ValueError("a 4-bit model: generate from for_generation() or a DequantizedTwin")
+    if engine == "continuous":
+        from tunelab.generation.engine import Sampling, engine_for
+
+        try:
+            sampling = Sampling.from_kwargs(model, generation_kwargs)
+        except ValueError as err:
+            if params.engine != "auto":
+                raise
+            print(f"generation: {err}; the compiled engine takes this call")
+            engine = "compiled"
+        else:
+            prompts = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask, strict=True)]
+            longest = max(len(p) for p in prompts)
+            bucket = params.prompt_bucket
+            max_len = -(-longest // bucket) * bucket + sampling.max_new
+            slots = min(batch_size, len(prompts))
+            return engine_for(model, params, slots, max_len, sampling).run(prompts, limits, stop)
     pad_id = generation_kwargs["pad_token_id"]
     kwargs = {k: v for k, v in generation_kwargs.items() if k != "cache_implementation"}
     if engine == "compiled":
@@ -287,7 +339,11 @@ def generate_new_tokens(
                     ids = torch.cat([ids, ids[:1].expand(fill, -1)])
                     mask = torch.cat([mask, mask[:1].expand(fill, -1)])
             width = ids.shape[1]
-            extra = {"stopping_criteria": stopping(width, ids.shape[0])} if stopping else {}
+            criteria = list(stopping(width, ids.shape[0])) if stopping else []
+            if limits is not None:  # the filled rows take the first row's limit
+                mine = limits[start : start + real]
+                criteria.append(_RowLimits(width, mine + mine[:1] * (ids.shape[0] - real)))
+            extra = {"stopping_criteria": criteria} if criteria else {}
             seqs = model.generate(
                 input_ids=ids, attention_mask=mask, generation_config=config, **extra
             )

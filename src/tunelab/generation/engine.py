@@ -1,0 +1,681 @@
+"""tunelab's own decode loop: slots, continuous batching, one CUDA graph per decode step.
+
+Why a loop of our own: transformers' ``generate`` (even static-cache and compiled, the
+``compiled`` engine) spends 3-5x the weight-read time per decode step outside the
+matmuls (its per-step Python loop, logits processors over every row, a host sync for the
+stopping check, cache bookkeeping), keeps finished rows in the batch until the longest
+one ends, and its own continuous batching drops PEFT's LoRA layers; vLLM pins one torch
+per release. This loop reuses the model's own modules (embedding, norms, projections
+with their LoRA layers, MLP, rotary embedding, LM head), so weights, adapters and
+numerics are the model's; only the glue between them is ours:
+
+* **slots**: ``slots`` sequences decode together; each slot has its own key/value cache
+  rows ``[0, max_len)`` and its own position, so rows of different lengths need no
+  padding and a finished row's slot takes the next prompt (``refill``) while the others
+  go on; results come back in input order whatever the schedule;
+* **one decode step = one CUDA graph replay** (on a GPU with ``cuda_graph``): forward of
+  every slot's last token, cache write at each slot's own position, logits processing,
+  sampling, the output write and the end checks all stay on the device; the host looks
+  only every ``sync_every`` steps (ended rows, stop strings, refill). The decoder layer is
+  compiled once and reused for every layer (``compile_backend``; ``torch.compile`` of
+  one layer function: the compile is one layer's, not the whole model's);
+* **prefill**: new prompts go through the same modules with causal attention, right
+  padded, at most ``prefill_tokens`` tokens a call; identical prompts in one admission
+  (GRPO's ``num_generations`` copies) are computed once and their cache rows copied.
+
+What it simplifies: decoder-only models of the Llama layout (``FAMILIES``: pre-norm
+layers with ``self_attn.{q,k,v,o}_proj``, optional q/k norms, rotary positions, no
+sliding window); other models fall back to the ``compiled`` engine under ``auto``.
+Sampling supports temperature, top-k, top-p, min-p, repetition penalty and
+min/max new tokens (the fields GRPO and the evaluate stages set); samples are drawn by
+the exponential race (argmax of probabilities over Exp(1) noise: the multinomial's
+distribution, graph-safe), so sampled tokens are reproducible from the seed on one
+device and schedule, not equal to ``generate``'s draws. Greedy output is token-identical
+to plain ``generate`` on the CPU (tests/test_generation_engine.py); on a GPU, bf16
+kernels that reduce in a different order can flip near-ties.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from tunelab.config import GenerationEngineParams
+
+FAMILIES = ("qwen2", "qwen3", "llama", "mistral")
+# GenerationConfig fields that change which tokens come out and that this loop does not
+# implement: set away from their defaults, the loop refuses (``auto``: the compiled engine).
+REFUSED = (
+    "num_beams",
+    "num_beam_groups",
+    "penalty_alpha",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "top_h",
+    "encoder_repetition_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "force_words_ids",
+    "constraints",
+    "sequence_bias",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+    "guidance_scale",
+    "watermarking_config",
+    "stop_strings",
+    "renormalize_logits",
+)
+
+
+def unsupported(model: Any) -> str | None:
+    """Why this loop cannot run ``model`` (None: it can)."""
+    base = _causal_lm(model)
+    config = getattr(base, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in FAMILIES:
+        return f"model type {kind!r} is not one of {', '.join(FAMILIES)}"
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return "sliding-window attention"
+    if is_quantized_model(base):
+        return "bitsandbytes-quantized weights (generate from a dequantized copy)"
+    inner = getattr(base, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "no decoder layers / rotary embedding where the Llama layout has them"
+    return None
+
+
+def is_quantized_model(model: Any) -> bool:
+    return any(
+        type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters(recurse=True)
+    )
+
+
+def _causal_lm(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The decoding settings the loop applies (from a merged GenerationConfig)."""
+
+    max_new: int
+    min_new: int
+    greedy: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    eos: tuple[int, ...]
+    pad: int
+
+    @classmethod
+    def from_kwargs(cls, model: Any, kwargs: dict[str, Any]) -> Sampling:
+        """``generate``'s view: the model's generation_config updated with ``kwargs``.
+
+        Raises ValueError naming a field this loop does not implement.
+        """
+        from transformers import GenerationConfig
+
+        config = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig())
+        config.update(**kwargs)
+        default = GenerationConfig()
+        for key in REFUSED:
+            value = getattr(config, key, None)
+            if value is not None and value != getattr(default, key, None):
+                raise ValueError(f"generation setting {key}={value!r} is not handled here")
+        if (config.num_return_sequences or 1) != 1:
+            raise ValueError("num_return_sequences > 1: repeat the prompts instead")
+        if config.max_new_tokens is None:
+            raise ValueError("max_new_tokens must be set")
+        eos = config.eos_token_id
+        eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+        pad = config.pad_token_id if config.pad_token_id is not None else (eos or (0,))[0]
+        greedy = not config.do_sample
+        return cls(
+            max_new=int(config.max_new_tokens),
+            min_new=int(config.min_new_tokens or 0),
+            greedy=greedy,
+            temperature=1.0 if greedy or config.temperature is None else float(config.temperature),
+            top_k=0 if greedy or not config.top_k else int(config.top_k),
+            top_p=1.0 if greedy or config.top_p is None else float(config.top_p),
+            min_p=0.0 if greedy or not config.min_p else float(config.min_p),
+            repetition_penalty=float(config.repetition_penalty or 1.0),
+            eos=tuple(int(e) for e in eos),
+            pad=int(pad),
+        )
+
+
+def process(
+    logits: torch.Tensor,
+    count: torch.Tensor,
+    seen: torch.Tensor | None,
+    eos: torch.Tensor,
+    s: Sampling,
+) -> torch.Tensor:
+    """float32 logits (rows, vocab) through ``generate``'s processors, in its order:
+    repetition penalty, min new tokens, then (sampling) temperature, top-k, top-p, min-p.
+
+    ``count``: tokens each row generated so far; ``seen``: a (rows, vocab) bool mask of
+    the tokens in each row's prompt and output. Removed tokens get the dtype's lowest
+    value. Tensor ops only, no host sync: it runs inside the captured decode graph.
+    """
+    import torch
+
+    neg = torch.finfo(logits.dtype).min
+    if s.repetition_penalty != 1.0 and seen is not None:
+        p = s.repetition_penalty
+        logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+    if s.min_new > 0 and eos.numel():
+        early = (count < s.min_new)[:, None]
+        logits = logits.index_copy(1, eos, torch.where(early, neg, logits[:, eos]))
+    if s.greedy:
+        return logits
+    if s.temperature != 1.0:
+        logits = logits / s.temperature
+    if s.top_k:
+        kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, neg)
+    if s.top_p < 1.0:  # keep the smallest set of tokens whose probability passes top_p
+        ordered, order = torch.sort(logits, descending=False)
+        drop = ordered.softmax(-1).cumsum(-1) <= (1 - s.top_p)
+        drop[:, -1] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), neg)
+    if s.min_p > 0.0:
+        probs = logits.softmax(-1)
+        top = probs.max(-1, keepdim=True).values
+        logits = logits.masked_fill(probs < s.min_p * top, neg)
+    return logits
+
+
+def choose(
+    logits: torch.Tensor,
+    count: torch.Tensor,
+    seen: torch.Tensor | None,
+    eos: torch.Tensor,
+    s: Sampling,
+) -> torch.Tensor:
+    """Next tokens: the argmax of the processed logits (greedy), or a draw from their
+    softmax by the exponential race (argmax of p / E with E ~ Exp(1) picks token i with
+    probability p_i, with one random tensor and no host sync)."""
+    import torch
+
+    logits = process(logits, count, seen, eos, s)
+    if s.greedy:
+        return logits.argmax(-1)
+    noise = torch.empty_like(logits).exponential_()
+    return (logits.softmax(-1) / noise).argmax(-1)
+
+
+@dataclass
+class RunStats:
+    """What one ``run`` did; the benchmark reports it."""
+
+    rows: int = 0
+    decode_steps: int = 0
+    windows: int = 0
+    prefill_calls: int = 0
+    prefill_tokens: int = 0
+    prefill_unique_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    host_seconds: float = 0.0
+    capture_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        for k in ("prefill_seconds", "decode_seconds", "host_seconds", "capture_seconds"):
+            out[k] = round(out[k], 3)
+        if self.decode_steps:
+            out["ms_per_decode_step"] = round(1000 * self.decode_seconds / self.decode_steps, 3)
+        return out | self.extra
+
+
+class Engine:
+    """Decode state for ``slots`` sequences of at most ``max_len`` tokens on one model.
+
+    Build one per (model, slots, max_len, sampling) and call ``run`` as often as needed:
+    the cache and the captured graph are reused (GRPO calls it every step).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        params: GenerationEngineParams,
+        slots: int,
+        max_len: int,
+        sampling: Sampling,
+    ) -> None:
+        import torch
+
+        reason = unsupported(model)
+        if reason:
+            raise ValueError(f"the continuous engine cannot run this model: {reason}")
+        self.model = model
+        self.params = params
+        self.sampling = sampling
+        self.slots = slots
+        self.max_len = max_len
+        lm = _causal_lm(model)
+        self.core, self.head = lm.model, lm.lm_head
+        self.layers = list(self.core.layers)
+        attn = self.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        config = lm.config
+        self.kv_heads = config.num_key_value_heads
+        self.heads = config.num_attention_heads
+        self.qk_norm = hasattr(attn, "q_norm")
+        self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        embed = self.core.embed_tokens.weight
+        self.device, self.dtype = embed.device, embed.dtype
+        self.vocab = self.head.weight.shape[0]
+        dev = self.device
+        shape = (slots, self.kv_heads, max_len, self.head_dim)
+        self.cache = [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=dev),
+                torch.zeros(shape, dtype=self.dtype, device=dev),
+            )
+            for _ in self.layers
+        ]
+        long = {"dtype": torch.long, "device": dev}
+        self.rows = torch.arange(slots, **long)
+        self.tok = torch.zeros(slots, **long)
+        self.pos = torch.zeros(slots, **long)
+        self.count = torch.zeros(slots, **long)
+        self.limit = torch.zeros(slots, **long)
+        self.done = torch.ones(slots, dtype=torch.bool, device=dev)
+        self.out = torch.full((slots, sampling.max_new), sampling.pad, **long)
+        self.key_index = torch.arange(max_len, **long)
+        self.eos = torch.tensor(sampling.eos, **long)
+        self.seen = (
+            torch.zeros((slots, self.vocab), dtype=torch.bool, device=dev)
+            if sampling.repetition_penalty != 1.0
+            else None
+        )
+        self.layer_fn = self._compiled(_decode_layer)
+        self.graph: Any = None
+        self.stats = RunStats()
+
+    # ------------------------------------------------------------------ compile, graph
+
+    def _compiled(self, fn: Callable) -> Callable:
+        import torch
+
+        backend = self.params.compile_backend
+        if backend == "eager":
+            return fn
+        # Our own CUDA graph captures the whole step, so inductor must not add its own.
+        mode = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(
+            self.params.compile_mode, self.params.compile_mode
+        )
+        kwargs = {"mode": mode} if backend == "inductor" else {}
+        return torch.compile(fn, backend=backend, dynamic=False, fullgraph=False, **kwargs)
+
+    def _use_graph(self) -> bool:
+        return self.device.type == "cuda" and self.params.cuda_graph
+
+    def _capture(self) -> None:
+        """Warm the compiled step up and capture it (state is reset afterwards)."""
+        import torch
+
+        t0 = time.perf_counter()
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step()
+        torch.cuda.synchronize(self.device)
+        self.graph = graph
+        self._reset()
+        self.stats.capture_seconds += time.perf_counter() - t0
+
+    def _reset(self) -> None:
+        self.done.fill_(True)
+        self.count.zero_()
+        self.pos.zero_()
+        self.tok.zero_()
+        self.out.fill_(self.sampling.pad)
+
+    # ------------------------------------------------------------------ one decode step
+
+    def _step(self) -> None:
+        """Every slot's next token; ended slots compute too but change nothing they own."""
+        import torch
+
+        h = self.core.embed_tokens(self.tok[:, None])
+        cos, sin = self.core.rotary_emb(h, self.pos[:, None])
+        valid = self.key_index[None, :] <= self.pos[:, None]
+        for layer, (keys, values) in zip(self.layers, self.cache, strict=True):
+            h = self.layer_fn(
+                layer, h, cos, sin, keys, values, self.rows, self.pos, valid,
+                self.rope, self.qk_norm, self.kv_heads, self.head_dim,
+            )  # fmt: skip
+        logits = self.head(self.core.norm(h)[:, 0]).float()
+        nxt = choose(logits, self.count, self.seen, self.eos, self.sampling)
+        active = ~self.done
+        at = self.count.clamp(max=self.sampling.max_new - 1)
+        self.out[self.rows, at] = torch.where(active, nxt, self.out[self.rows, at])
+        if self.seen is not None:
+            self.seen[self.rows, nxt] |= active
+        self.count.add_(active.long())
+        ended = active & ((self.count >= self.limit) | torch.isin(nxt, self.eos))
+        self.done.logical_or_(ended)
+        self.tok.copy_(torch.where(active, nxt, self.tok))
+        self.pos.copy_((self.pos + active.long()).clamp(max=self.max_len - 1))
+
+    # ------------------------------------------------------------------ prefill
+
+    def _prefill(self, slots: list[int], prompts: list[torch.Tensor], limits: list[int]) -> None:
+        """Write ``prompts`` (1-D token tensors) into ``slots`` and pick each first token."""
+        import torch
+
+        t0 = time.perf_counter()
+        unique: dict[tuple[int, ...], int] = {}
+        source = []
+        for p in prompts:
+            source.append(unique.setdefault(tuple(p.tolist()), len(unique)))
+        firsts = [prompts[source.index(i)] for i in range(len(unique))]
+        lengths = torch.tensor([len(p) for p in firsts], device=self.device)
+        width = int(lengths.max())
+        ids = torch.full((len(firsts), width), self.sampling.pad, dtype=torch.long)
+        for i, p in enumerate(firsts):
+            ids[i, : len(p)] = p
+        ids = ids.to(self.device)
+        slot_ids = torch.tensor(slots, device=self.device)
+        inverse = torch.tensor(source, device=self.device)
+        h = self.core.embed_tokens(ids)
+        positions = torch.arange(width, device=self.device)[None].expand(len(firsts), -1)
+        cos, sin = self.core.rotary_emb(h, positions)
+        for layer, (keys, values) in zip(self.layers, self.cache, strict=True):
+            h = _prefill_layer(
+                layer, h, cos, sin, keys, values, slot_ids, inverse,
+                self.rope, self.qk_norm, self.kv_heads, self.head_dim,
+            )  # fmt: skip
+        last = h[torch.arange(len(firsts), device=self.device), lengths - 1]
+        logits = self.head(self.core.norm(last)).float()[inverse]
+        zero = torch.zeros(len(slots), dtype=torch.long, device=self.device)
+        seen = None
+        if self.seen is not None:
+            self.seen[slot_ids] = False
+            for s, p in zip(slots, prompts, strict=True):
+                self.seen[s, p.to(self.device)] = True
+            seen = self.seen[slot_ids]
+        first = choose(logits, zero, seen, self.eos, self.sampling)
+        if self.seen is not None:
+            self.seen[slot_ids, first] = True
+        n = torch.tensor([len(p) for p in prompts], device=self.device)
+        limit = torch.tensor(limits, device=self.device)
+        self.out[slot_ids] = self.sampling.pad
+        self.out[slot_ids, 0] = first
+        self.tok[slot_ids] = first
+        self.pos[slot_ids] = n
+        self.count[slot_ids] = 1
+        self.limit[slot_ids] = limit
+        self.done[slot_ids] = (limit <= 1) | torch.isin(first, self.eos)
+        self.stats.prefill_calls += 1
+        self.stats.prefill_tokens += sum(len(p) for p in prompts)
+        self.stats.prefill_unique_tokens += sum(len(p) for p in firsts)
+        self._sync()
+        self.stats.prefill_seconds += time.perf_counter() - t0
+
+    def _admit(
+        self, free: list[int], queue: deque, prompts: list, limits: list, owner: list
+    ) -> None:
+        """Fill ``free`` slots from the queue, ``prefill_tokens`` prompt tokens a call."""
+        group: list[tuple[int, int]] = []
+        tokens = 0
+        budget = self.params.prefill_tokens
+        for slot in free:
+            if not queue:
+                break
+            row = queue[0]
+            n = len(prompts[row])
+            if group and tokens + n > budget:
+                self._prefill_group(group, prompts, limits, owner)
+                group, tokens = [], 0
+            queue.popleft()
+            group.append((slot, row))
+            tokens += n
+        if group:
+            self._prefill_group(group, prompts, limits, owner)
+
+    def _prefill_group(self, group: list, prompts: list, limits: list, owner: list) -> None:
+        for slot, row in group:
+            owner[slot] = row
+        self._prefill(
+            [s for s, _ in group], [prompts[r] for _, r in group], [limits[r] for _, r in group]
+        )
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(
+        self,
+        prompts: Sequence[torch.Tensor],
+        limits: Sequence[int] | None = None,
+        stop: Callable[[list[int], int], int | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """New tokens for each prompt (1-D token tensors, no padding), in input order.
+
+        ``limits``: each row's max new tokens (default: the sampling's max_new).
+        ``stop(tokens, start)``: the index (>= start, the tokens checked before) of the
+        token at which a row's generated tokens first meet a stop condition (lm-eval's
+        stop strings), or None; checked every ``sync_every`` steps, the row ends at that
+        token. A row keeps its EOS.
+        """
+        import torch
+
+        self.stats = RunStats(rows=len(prompts), capture_seconds=0.0)
+        if not prompts:
+            return []
+        longest = max(len(p) for p in prompts)
+        if longest + self.sampling.max_new > self.max_len:
+            raise ValueError(f"a {longest}-token prompt + max_new does not fit {self.max_len}")
+        cap = self.sampling.max_new
+        limits = [min(cap, int(x)) for x in limits] if limits is not None else [cap] * len(prompts)
+        with torch.no_grad():
+            if self._use_graph() and self.graph is None:
+                self._capture()
+            self._reset()
+            return self._loop(list(prompts), limits, stop)
+
+    def _loop(self, prompts: list, limits: list, stop: Callable | None) -> list:
+        import torch
+
+        queue = deque(range(len(prompts)))
+        owner = [-1] * self.slots
+        results: list[Any] = [None] * len(prompts)
+        checked = [0] * self.slots  # tokens of each slot's row already stop-checked
+        self._admit(list(range(self.slots)), queue, prompts, limits, owner)
+        every = self.params.sync_every
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(every):
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._step()
+            self._sync()
+            t1 = time.perf_counter()
+            self.stats.decode_seconds += t1 - t0
+            self.stats.decode_steps += every
+            self.stats.windows += 1
+            done = self.done.tolist()
+            count = self.count.tolist()
+            live = [s for s in range(self.slots) if owner[s] >= 0]
+            if stop is not None and live:
+                rows = self.out[live].tolist()
+                for s, toks in zip(live, rows, strict=True):
+                    end = stop(toks[: count[s]], checked[s]) if count[s] > checked[s] else None
+                    checked[s] = count[s]
+                    if end is not None:
+                        count[s] = end + 1
+                        done[s] = True
+            free = []
+            for s in live:
+                if done[s]:
+                    results[owner[s]] = self.out[s, : count[s]].clone()
+                    owner[s] = -1
+                    checked[s] = 0
+                    free.append(s)
+            if free:  # mark stop-string ends on the device too
+                idx = torch.tensor(free, device=self.device)
+                self.done[idx] = True
+            if queue and free and (self.params.refill or all(o < 0 for o in owner)):
+                self._admit(free, queue, prompts, limits, owner)
+            self.stats.host_seconds += time.perf_counter() - t1
+            if not queue and all(o < 0 for o in owner):
+                # tokens from decode steps (each row's first comes from its prefill)
+                made = sum(len(r) - 1 for r in results)
+                self.stats.extra["slot_occupancy"] = round(
+                    made / (self.stats.decode_steps * self.slots), 4
+                )
+                return results
+
+
+def _decode_layer(
+    layer: Any,
+    h: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    rows: torch.Tensor,
+    pos: torch.Tensor,
+    valid: torch.Tensor,
+    rope: Callable,
+    qk_norm: bool,
+    kv_heads: int,
+    head_dim: int,
+) -> torch.Tensor:
+    """One decoder layer for one new token per slot; writes the slot's key/value.
+
+    Attention is grouped per key/value head (no repeated heads) over the whole cache row,
+    masked to each slot's own length; softmax in float32 as SDPA's math path does.
+    """
+    import torch
+
+    attn = layer.self_attn
+    batch = h.shape[0]
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(batch, 1, -1, head_dim)
+    k = attn.k_proj(x).view(batch, 1, -1, head_dim)
+    v = attn.v_proj(x).view(batch, 1, -1, head_dim).transpose(1, 2)
+    if qk_norm:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    keys[rows, :, pos] = k[:, :, 0]
+    values[rows, :, pos] = v[:, :, 0]
+    heads = q.shape[1]
+    qg = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)) * attn.scaling
+    scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+    out = torch.matmul(probs, values).reshape(batch, 1, heads * head_dim)
+    h = h + attn.o_proj(out)
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def _prefill_layer(
+    layer: Any,
+    h: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    slot_ids: torch.Tensor,
+    inverse: torch.Tensor,
+    rope: Callable,
+    qk_norm: bool,
+    kv_heads: int,
+    head_dim: int,
+) -> torch.Tensor:
+    """One decoder layer over right-padded prompts (causal: padding is never attended by
+    a real token); writes the key/values of prompt ``inverse[i]`` into ``slot_ids[i]``."""
+    import torch
+
+    attn = layer.self_attn
+    n, width = h.shape[:2]
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(n, width, -1, head_dim)
+    k = attn.k_proj(x).view(n, width, -1, head_dim)
+    v = attn.v_proj(x).view(n, width, -1, head_dim).transpose(1, 2)
+    if qk_norm:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    keys[slot_ids, :, :width] = k[inverse]
+    values[slot_ids, :, :width] = v[inverse]
+    group = q.shape[1] // kv_heads
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q,
+        k.repeat_interleave(group, 1),
+        v.repeat_interleave(group, 1),
+        is_causal=True,
+        scale=attn.scaling,
+    )
+    h = h + attn.o_proj(out.transpose(1, 2).reshape(n, width, -1))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def engine_for(
+    model: Any, params: GenerationEngineParams, slots: int, max_len: int, sampling: Sampling
+) -> Engine:
+    """The model's engine for these shapes and settings, built once and kept on the model
+    (one at a time: a new shape frees the old cache)."""
+    key = (slots, max_len, sampling, params, bool(model.training))
+    held = getattr(model, "_tunelab_engine", None)
+    if held is not None and held[0] == key:
+        return held[1]
+    if held is not None:
+        object.__setattr__(model, "_tunelab_engine", None)
+        del held
+    engine = Engine(model, params, slots, max_len, sampling)
+    object.__setattr__(model, "_tunelab_engine", (key, engine))
+    return engine
+
+
+def stop_strings(tokenizer: Any, strings: Sequence[str]) -> Callable[[list[int], int], int | None]:
+    """lm-eval's stop check (``MultiTokenEOSCriteria``: a stop string inside the decode of
+    a row's last len(tokens(stop)) + 2 new tokens) as a function for ``Engine.run``: the
+    first token index at which it holds, or None."""
+    looks = [(s, len(tokenizer.encode(s, add_special_tokens=False)) + 2) for s in strings]
+    widest = max((n for _, n in looks), default=0)
+
+    def first_stop(tokens: list[int], start: int = 0) -> int | None:
+        if not looks:
+            return None
+        # cheap test first: one decode of the tail since the last check
+        text = tokenizer.decode(tokens[max(0, start - widest) :])
+        if not any(s in text for s, _ in looks):
+            return None
+        for end in range(start + 1, len(tokens) + 1):
+            for s, n in looks:
+                if s in tokenizer.decode(tokens[max(0, end - n) : end]):
+                    return end - 1
+        return None
+
+    return first_stop
