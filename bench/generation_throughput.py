@@ -150,6 +150,7 @@ def fixed_length_rate(model: Any, tok: Any, path: str, sequences: int, new: int)
     generated = once()
     sync_device()
     seconds = time.perf_counter() - t0
+    log(f"{path} {sequences} sequences: first call {first:.1f} s, then {seconds:.2f} s")
     return {
         "sequences": sequences,
         "prompt_tokens": PROMPT_TOKENS,
@@ -253,7 +254,11 @@ def varied_stops(model: Any, tok: Any, path: str, new: int) -> dict:
         t0 = time.perf_counter()
         rows = generate_new_tokens(model, ids[:n], mask[:n], p, VARIED_SLOTS, kw, limits=limits_)
         sync_device()
-        return rows, time.perf_counter() - t0
+        sec = time.perf_counter() - t0
+        log(
+            f"{path} varied: {n} rows, refill {p.refill}, limits {limits_ is not None}: {sec:.2f} s"
+        )
+        return rows, sec
 
     fixed_kw = kwargs | {"max_new_tokens": new, "min_new_tokens": new}
     timed(params, VARIED_SLOTS, None, fixed_kw)  # compile / capture for these shapes
@@ -316,6 +321,7 @@ def gsm8k_eval_end_to_end(path: str, model_dir: Path, work: Path, n: int, max_ge
     task = work / "gsm8k-task"
     task.mkdir(exist_ok=True)
     write_task(task, data / "train.jsonl", data / "test.jsonl")
+    log(f"{path} GSM8K: {n} prompts through lm-eval")
     t0 = time.perf_counter()
     scores, samples = run_lm_eval(task, str(model_dir), None, None, None, params)
     seconds = time.perf_counter() - t0
@@ -505,6 +511,7 @@ def grpo_steps(path: str, model_dir: Path, prompts: list, steps: int, cuda: bool
         trainer_class = rollout_trainer(
             grpo.model_copy(update={"generation": engine_params(path)}), "hf"
         )
+    log(f"{path} GRPO: {steps} steps")
     trainer = trainer_class(
         model=model,
         reward_funcs=[length_reward],
@@ -573,21 +580,35 @@ def measure(args: argparse.Namespace, path: str, result: dict, cuda: bool) -> No
 
 
 def measure_issue11(args: argparse.Namespace, path: str, result: dict, cuda: bool) -> None:
-    """Issue 11: 48 and 192 sequences; for tunelab paths a GRPO step and a 1,319-prompt eval."""
+    """Issue 11: 48 and 192 sequences; for tunelab paths a GRPO step and a 1,319-prompt eval.
+
+    The result file is rewritten after every phase (status ``partial``), so a path that
+    runs past ``--timeout`` still reports what it measured.
+    """
+
+    def save() -> None:
+        out = args.work / f"gen-{path}.json"
+        out.write_text(json.dumps(result | {"status": "partial"}, indent=2) + "\n")
+
     model, tok = load(path, args.model_dir, cuda)
-    result["fixed_length"] = [
-        fixed_length_rate(model, tok, path, n, args.new_tokens) for n in ISSUE11_SEQUENCES
-    ]
+    log(f"{path} loaded")
+    result["fixed_length"] = []
+    for n in ISSUE11_SEQUENCES:
+        result["fixed_length"].append(fixed_length_rate(model, tok, path, n, args.new_tokens))
+        save()
     if "continuous" in path and cuda:
         result["decode_profile"] = profile_decode(model)
+        save()
     if args.varied and "continuous" in path:
         result["varied_stops"] = varied_stops(model, tok, path, args.new_tokens)
+        save()
     del model
     _generation_done(result, cuda)
     if args.grpo_steps and (path.startswith("tunelab") or path == "hf_bf16"):
         result["grpo_step"] = grpo_steps(
             path, args.model_dir, prompts_from_sample(64), args.grpo_steps, cuda
         )
+        save()
     if args.eval_prompts and path.startswith("tunelab"):
         result["gsm8k_eval"] = gsm8k_eval_end_to_end(
             path, args.model_dir, args.work, args.eval_prompts, args.new_tokens

@@ -324,7 +324,9 @@ class Engine:
             self.params.compile_mode, self.params.compile_mode
         )
         kwargs = {"mode": mode} if backend == "inductor" else {}
-        return torch.compile(fn, backend=backend, dynamic=False, fullgraph=False, **kwargs)
+        # dynamic=None: the first shape compiles static, a second one once with symbolic
+        # sizes (slots, cache length), so new batch or prompt widths do not recompile
+        return torch.compile(fn, backend=backend, dynamic=None, fullgraph=False, **kwargs)
 
     def _use_graph(self) -> bool:
         return self.device.type == "cuda" and self.params.cuda_graph
