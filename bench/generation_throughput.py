@@ -283,7 +283,6 @@ def varied_stops(model: Any, tok: Any, path: str, new: int) -> dict:
     )
     if params.engine == "continuous":
         waves = params.model_copy(update={"refill": False})
-        timed(waves, VARIED_SLOTS, limits[:VARIED_SLOTS], kwargs)
         same, wsec = timed(waves, VARIED_ROWS, limits, kwargs)
         equal = [a.tolist() == b.tolist() for a, b in zip(rows, same, strict=True)]
         out["without_refill"] = {

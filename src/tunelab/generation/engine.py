@@ -547,8 +547,10 @@ class Engine:
             if free:  # mark stop-string ends on the device too
                 idx = torch.tensor(free, device=self.device)
                 self.done[idx] = True
-            if queue and free and (self.params.refill or all(o < 0 for o in owner)):
+            if queue and free and self.params.refill:
                 self._admit(free, queue, prompts, limits, owner)
+            elif queue and all(o < 0 for o in owner):  # waves: the next one in every slot
+                self._admit(list(range(self.slots)), queue, prompts, limits, owner)
             self.stats.host_seconds += time.perf_counter() - t1
             if not queue and all(o < 0 for o in owner):
                 # tokens from decode steps (each row's first comes from its prefill)
