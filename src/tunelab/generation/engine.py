@@ -537,6 +537,7 @@ class Engine:
                     if end is not None:
                         count[s] = end + 1
                         done[s] = True
+            prefilled = self.stats.prefill_seconds
             free = []
             for s in live:
                 if done[s]:
@@ -551,7 +552,9 @@ class Engine:
                 self._admit(free, queue, prompts, limits, owner)
             elif queue and all(o < 0 for o in owner):  # waves: the next one in every slot
                 self._admit(list(range(self.slots)), queue, prompts, limits, owner)
-            self.stats.host_seconds += time.perf_counter() - t1
+            # the host's own time: the looks, not the refill prefills (their own figure)
+            refill = self.stats.prefill_seconds - prefilled
+            self.stats.host_seconds += time.perf_counter() - t1 - refill
             if not queue and all(o < 0 for o in owner):
                 # tokens from decode steps (each row's first comes from its prefill)
                 made = sum(len(r) - 1 for r in results)
