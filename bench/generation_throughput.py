@@ -15,7 +15,11 @@ Uses the Qwen2.5-7B-shaped random-weight model that bench/sft_throughput.py buil
 * ``tunelab_compiled`` - tunelab.generation (the path the evaluate stages and GRPO
   rollouts take without vLLM): static cache, compiled decode step with CUDA graphs,
   grouped-query decode attention, settings from params.yaml (evaluate.alpaca.generation);
-  ``tunelab_compiled_sdpa`` the same with transformers' SDPA decode attention.
+  ``tunelab_compiled_sdpa`` the same with transformers' SDPA decode attention;
+* ``tunelab_continuous`` - tunelab.generation.engine (what ``auto`` takes on a GPU):
+  slots with refill, one CUDA graph per decode step, settings from params.yaml;
+  ``tunelab_continuous_autotune`` the same with ``compile_mode: max-autotune`` (inductor
+  autotunes the decoder layer's GEMMs for the slot count).
 
 Issue 11's settings (``--issue11``): prompts of exactly 256 tokens, 256 new tokens
 (min = max), sampling, at 48 (8 prompts x 6) and 192 sequences, for plain ``generate``
@@ -24,7 +28,14 @@ through tunelab's own trainer class (training/grpo.rollout_trainer) and a 1,319-
 evaluation end to end through tunelab's lm-eval model class (evaluation/gsm8k.lm_class),
 timed whole (no extrapolation).
 
-For each path:
+Issue 15 (``--issue11 --varied``, with ``tunelab_continuous`` among the paths): the same
+rows, every path side by side in the printed table, plus for the continuous paths a
+profile of one decode step (``decode_profile``: kernels by kind, from the captured graph)
+and the workload with real stops (``varied_stops``: 384 rows over 192 slots ending at
+lengths drawn from 32..512, with and without refill, rows compared). Issue 15's command
+(all three engines in one call) is in bench/NOTES.md.
+
+For each path (without ``--issue11``):
 
 * GRPO rollout: ``--grpo-prompts`` prompts x num_generations=6 samples
   (temperature 1.0), 256 new tokens each -> generated tokens per second;
@@ -67,6 +78,7 @@ PATHS = (
     "hf_bf16",
     "tunelab_compiled",
     "tunelab_continuous",
+    "tunelab_continuous_autotune",
     "tunelab_compiled_sdpa",
     "unsloth_4bit",
     "unsloth_bf16",
@@ -95,6 +107,8 @@ def engine_params(path: str) -> Any:
         "engine": "continuous" if "continuous" in path else "compiled",
         "decode_attention": "sdpa" if path.endswith("_sdpa") else gen.decode_attention,
     }
+    if path.endswith("_autotune"):  # inductor autotunes the layer's GEMMs (no code change)
+        update["compile_mode"] = "max-autotune"
     if os.environ.get("TUNELAB_BENCH_COMPILE_BACKEND"):
         update["compile_backend"] = os.environ["TUNELAB_BENCH_COMPILE_BACKEND"]
     return gen.model_copy(update=update)
