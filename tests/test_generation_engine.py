@@ -254,3 +254,25 @@ def test_unsupported_models_fall_back_to_the_compiled_engine(tiny_base: Path) ->
         Sampling.from_kwargs(
             AutoModelForCausalLM.from_pretrained(tiny_base), {"max_new_tokens": 2, "num_beams": 2}
         )
+
+
+def test_per_row_limits_on_the_other_paths_match_the_engine(lora_model) -> None:
+    """``limits`` is a stopping criterion for plain generate: the same rows, padded."""
+    model, tok = lora_model
+    kwargs = _greedy(tok, 12) | {"min_new_tokens": 12}
+    enc = _encode(tok, PROMPTS)
+    limits = [4, 12, 1, 7, 9]
+    fast = generate_new_tokens(
+        model, enc["input_ids"], enc["attention_mask"], _params(), 5, kwargs, limits=limits
+    )
+    plain = generate_new_tokens(
+        model, enc["input_ids"], enc["attention_mask"], _params(engine="generate"), 5, kwargs,
+        limits=limits,
+    )  # fmt: skip
+    assert [len(r) for r in fast] == limits
+    assert [r[:n].tolist() for r, n in zip(plain, limits, strict=True)] == [
+        r.tolist() for r in fast
+    ]
+    assert all(
+        set(r[n:].tolist()) <= {tok.pad_token_id} for r, n in zip(plain, limits, strict=True)
+    )

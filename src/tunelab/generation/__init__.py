@@ -2,7 +2,12 @@
 
 vLLM stays the first choice for GRPO where it is installed (train.gsm8k.vllm). Without
 it, plain ``generate`` with a dynamic cache leaves a GPU mostly idle: every decode step
-launches hundreds of small kernels from Python. The ``compiled`` engine here is
+launches hundreds of small kernels from Python. Two engines run here:
+
+* ``continuous`` (``tunelab.generation.engine``, what ``auto`` takes on a GPU for the
+  Llama-layout families): tunelab's own decode loop - slots refilled as rows end, one
+  CUDA graph replay per decode step; its docstring says what it simplifies;
+* ``compiled`` (below, ``auto``'s choice for other models), which is
 transformers' own static-cache generation with a compiled decode step
 (``torch.compile``; mode ``reduce-overhead`` replays it as a CUDA graph), plus what
 makes that work on real batches:
@@ -24,10 +29,11 @@ makes that work on real batches:
   copied from the policy before every rollout. ``quantized: generate`` keeps plain
   ``generate`` on the 4-bit weights (a GPU without room for the twin).
 
-Why an engine of our own rather than a library: vLLM pins one torch per release and is
+Why engines of our own rather than a library: vLLM pins one torch per release and is
 absent from most machines, and transformers' continuous batching drops the LoRA layers
-PEFT adds; this path is transformers' own static-cache ``generate``, so every model
-transformers supports works unchanged and greedy results stay those of ``generate``.
+PEFT adds. The compiled path is transformers' own static-cache ``generate``, so every
+model transformers supports works unchanged and greedy results stay those of
+``generate``.
 
 Greedy outputs are token-identical to plain ``generate`` on the CPU (tests); on a GPU,
 bf16 kernels that reduce in a different order can flip near-ties (bench/NOTES.md).
@@ -293,7 +299,9 @@ def generate_new_tokens(
             print(f"generation: {err}; the compiled engine takes this call")
             engine = "compiled"
         else:
-            prompts = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask, strict=True)]
+            # on the host: the engine reads the tokens there (deduplication, padding)
+            pairs = zip(input_ids.cpu(), attention_mask.cpu().bool(), strict=True)
+            prompts = [ids[m] for ids, m in pairs]
             longest = max(len(p) for p in prompts)
             bucket = params.prompt_bucket
             max_len = -(-longest // bucket) * bucket + sampling.max_new
