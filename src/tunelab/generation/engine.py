@@ -651,17 +651,19 @@ def _prefill_layer(
 def engine_for(
     model: Any, params: GenerationEngineParams, slots: int, max_len: int, sampling: Sampling
 ) -> Engine:
-    """The model's engine for these shapes and settings, built once and kept on the model
-    (one at a time: a new shape frees the old cache)."""
-    key = (slots, max_len, sampling, params, bool(model.training))
-    held = getattr(model, "_tunelab_engine", None)
+    """The model's engine for these shapes and settings, built once and kept (one at a
+    time) on the underlying transformers model, so the base model's engine is freed when
+    the same model comes back with an adapter attached (the evaluate stages' base, then
+    tuned) or a new shape arrives."""
+    holder = _causal_lm(model)
+    key = (id(model), slots, max_len, sampling, params, bool(model.training))
+    held = getattr(holder, "_tunelab_engine", None)
     if held is not None and held[0] == key:
         return held[1]
-    if held is not None:
-        object.__setattr__(model, "_tunelab_engine", None)
-        del held
+    object.__setattr__(holder, "_tunelab_engine", None)
+    del held  # the old cache and graph go before the new ones are allocated
     engine = Engine(model, params, slots, max_len, sampling)
-    object.__setattr__(model, "_tunelab_engine", (key, engine))
+    object.__setattr__(holder, "_tunelab_engine", (key, engine))
     return engine
 
 
