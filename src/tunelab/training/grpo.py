@@ -120,7 +120,10 @@ def rollout_engine(params: GRPOTrainParams, backend: str, model: Any) -> str:
 
     With the unsloth backend a quantized policy samples through Unsloth's own decode
     (it replaces the Qwen2 forward functions with its own, which keep no transformers
-    cache, so the static-cache engine cannot run on that model or on a copy of it).
+    cache, so the static-cache engine cannot run on that model or on a copy of it). A
+    bf16 Unsloth policy keeps the compiled engine under ``auto``: the continuous engine
+    calls the layers' submodules, which Unsloth patches with its own kernels, and that
+    pairing has not run on a GPU yet.
     """
     from tunelab.generation import resolve_engine
 
@@ -131,6 +134,8 @@ def rollout_engine(params: GRPOTrainParams, backend: str, model: Any) -> str:
         return "unsloth" if backend == "unsloth" else "dequantized_twin"
     if engine == "generate" and backend == "unsloth":
         return "unsloth"
+    if engine == "continuous" and backend == "unsloth" and params.generation.engine == "auto":
+        return "compiled"
     return engine
 
 
@@ -168,6 +173,9 @@ def rollout_trainer(params: GRPOTrainParams, backend: str) -> type:
                 return super()._generate_single_turn(
                     prompt_ids, images, multimodal_fields, num_generations, has_tool_images
                 )
+            gen = params.generation
+            if engine == "compiled" and gen.engine == "auto":  # auto's choice made above
+                gen = gen.model_copy(update={"engine": "compiled"})
             prompts = [torch.tensor(p) for p in prompt_ids]  # left-padded, as TRL does
             ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
             mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
@@ -180,7 +188,7 @@ def rollout_trainer(params: GRPOTrainParams, backend: str) -> type:
                     self._twin.model,
                     ids.to(device),
                     mask.to(device),
-                    params.generation,
+                    gen,
                     len(prompt_ids),
                     self.generation_kwargs,
                 )
@@ -197,7 +205,7 @@ def rollout_trainer(params: GRPOTrainParams, backend: str) -> type:
                         unwrapped,
                         ids.to(device),
                         mask.to(device),
-                        params.generation,
+                        gen,
                         len(prompt_ids),
                         self.generation_kwargs,
                     )
