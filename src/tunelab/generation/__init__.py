@@ -7,9 +7,10 @@ launches hundreds of small kernels from Python. Two engines run here:
 * ``continuous`` (``tunelab.generation.engine``, what ``auto`` takes on a GPU for the
   Llama-layout families): tunelab's own decode loop - slots refilled as rows end, one
   CUDA graph replay per decode step; its docstring says what it simplifies;
-* ``compiled`` (below, ``auto``'s choice for other models), which is
-transformers' own static-cache generation with a compiled decode step
-(``torch.compile``; mode ``reduce-overhead`` replays it as a CUDA graph), plus what
+* ``compiled`` (``auto``'s choice for other models), described here.
+
+The compiled engine is transformers' own static-cache generation with a compiled decode
+step (``torch.compile``; mode ``reduce-overhead`` replays it as a CUDA graph), plus what
 makes that work on real batches:
 
 * one compiled shape: prompts are left-padded to a multiple of ``prompt_bucket`` tokens

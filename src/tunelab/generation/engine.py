@@ -76,7 +76,6 @@ REFUSED = (
     "guidance_scale",
     "watermarking_config",
     "stop_strings",
-    "renormalize_logits",
 )
 
 
@@ -89,18 +88,14 @@ def unsupported(model: Any) -> str | None:
         return f"model type {kind!r} is not one of {', '.join(FAMILIES)}"
     if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
         return "sliding-window attention"
-    if is_quantized_model(base):
+    from tunelab.generation import is_quantized
+
+    if is_quantized(base):
         return "bitsandbytes-quantized weights (generate from a dequantized copy)"
     inner = getattr(base, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "no decoder layers / rotary embedding where the Llama layout has them"
     return None
-
-
-def is_quantized_model(model: Any) -> bool:
-    return any(
-        type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters(recurse=True)
-    )
 
 
 def _causal_lm(model: Any) -> Any:
