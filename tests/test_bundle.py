@@ -61,13 +61,16 @@ def test_a_requirement_that_is_not_an_exact_pin_is_one_clear_error(tmp_path: Pat
     assert bundle.read_pins(req) == {"foo-bar": "1.0", "baz-qux": "2"}
 
 
-def test_a_recorded_command_names_no_path_of_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_recorded_command_names_no_path_of_this_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import recorded
 
-    monkeypatch.setenv("OUT", "/root/out")
+    out = tmp_path / "out"  # the device's output folder, wherever it is
+    monkeypatch.setenv("OUT", str(out))
     argv = [
         "--out",
-        "/root/out/run.json",
+        str(out / "run.json"),
         "--tokenizer",
         str(ROOT / "bench/vendor/tokenizer"),
         "a b",
@@ -78,4 +81,4 @@ def test_a_recorded_command_names_no_path_of_this_machine(monkeypatch: pytest.Mo
         == "python bench/sft_throughput.py --out $OUT/run.json --tokenizer bench/vendor/tokenizer 'a b'"
     )
     monkeypatch.delenv("OUT")
-    assert "/root/out/run.json" in recorded.command_line("x.py", ["/root/out/run.json"])
+    assert str(out / "run.json") in recorded.command_line("x.py", [str(out / "run.json")])
