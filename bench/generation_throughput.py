@@ -178,8 +178,10 @@ def fixed_length_rate(model: Any, tok: Any, path: str, sequences: int, new: int)
 
 def engine_stats(model: Any) -> dict:
     """The continuous engine's split of its last run (prefill, decode steps, host)."""
-    held = getattr(model, "_tunelab_engine", None)
-    return {"engine_stats": held[1].stats.as_dict()} if held else {}
+    from tunelab.generation.engine import held_engine
+
+    engine = held_engine(model)
+    return {"engine_stats": engine.stats.as_dict()} if engine else {}
 
 
 def profile_decode(model: Any, steps: int = 8) -> dict:
@@ -188,8 +190,10 @@ def profile_decode(model: Any, steps: int = 8) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    engine = model._tunelab_engine[1]
-    if engine.graph is None:
+    from tunelab.generation.engine import held_engine
+
+    engine = held_engine(model)
+    if engine is None or engine.graph is None:
         return {"note": "no captured graph"}
     engine.graph.replay()
     torch.cuda.synchronize()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tunelab.generation import generate_new_tokens, resolve_engine
-from tunelab.generation.engine import Sampling, process, stop_strings
+from tunelab.generation.engine import Sampling, held_engine, process, stop_strings
 
 from .conftest import section
 from .test_generation import PROMPTS, _encode, _greedy, _model_with_adapter, _trim
@@ -59,7 +59,7 @@ def test_greedy_matches_plain_generate_with_lora(lora_model, refill: bool) -> No
     fast = [_trim(r, tok.pad_token_id, tok.eos_token_id) for r in new]
     assert fast == plain
     assert any(len(r) > 3 for r in fast)
-    stats = model._tunelab_engine[1].stats
+    stats = held_engine(model).stats
     assert stats.rows == 5
     if refill:
         assert stats.prefill_calls >= 3
@@ -70,7 +70,7 @@ def test_greedy_matches_plain_generate_with_lora(lora_model, refill: bool) -> No
         rows = generate_new_tokens(
             model, enc["input_ids"], enc["attention_mask"], params, 2, kwargs, limits=ragged
         )
-        assert model._tunelab_engine[1].stats.prefill_calls == 3
+        assert held_engine(model).stats.prefill_calls == 3
         assert [r.tolist() for r in rows] == [
             r[: len(x)].tolist() for r, x in zip(new, rows, strict=True)
         ]
@@ -114,7 +114,7 @@ def test_identical_prompts_share_one_prefill(lora_model) -> None:
     prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
     enc = _encode(tok, prompts)
     new = generate_new_tokens(model, enc["input_ids"], enc["attention_mask"], _params(), 6, kwargs)
-    stats = model._tunelab_engine[1].stats
+    stats = held_engine(model).stats
     assert stats.prefill_unique_tokens * 3 == stats.prefill_tokens
     rows = [_trim(r, tok.pad_token_id, tok.eos_token_id) for r in new]
     assert (
@@ -235,7 +235,7 @@ def test_stop_strings_end_rows_where_lm_eval_would(lora_model) -> None:
     assert any(len(n) < len(f) for n, f in zip(new, free, strict=True))
 
 
-def test_unsupported_models_fall_back_to_the_compiled_engine(tiny_base: Path) -> None:
+def test_unsupported_models_and_settings_are_refused_by_name(tiny_base: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from tunelab.generation.engine import unsupported

@@ -196,19 +196,12 @@ def process(
     return logits
 
 
-def choose(
-    logits: torch.Tensor,
-    count: torch.Tensor,
-    seen: torch.Tensor | None,
-    eos: torch.Tensor,
-    s: Sampling,
-) -> torch.Tensor:
-    """Next tokens: the argmax of the processed logits (greedy), or a draw from their
+def choose(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """Next tokens from ``process``-ed logits: their argmax (greedy), or a draw from their
     softmax by the exponential race (argmax of p / E with E ~ Exp(1) picks token i with
     probability p_i, with one random tensor and no host sync)."""
     import torch
 
-    logits = process(logits, count, seen, eos, s)
     if s.greedy:
         return logits.argmax(-1)
     noise = torch.empty_like(logits).exponential_()
@@ -367,7 +360,7 @@ class Engine:
                 self.rope, self.qk_norm, self.kv_heads, self.head_dim,
             )  # fmt: skip
         logits = self.head(self.core.norm(h)[:, 0]).float()
-        nxt = choose(logits, self.count, self.seen, self.eos, self.sampling)
+        nxt = choose(process(logits, self.count, self.seen, self.eos, self.sampling), self.sampling)
         active = ~self.done
         at = self.count.clamp(max=self.sampling.max_new - 1)
         self.out[self.rows, at] = torch.where(active, nxt, self.out[self.rows, at])
@@ -386,11 +379,13 @@ class Engine:
         import torch
 
         t0 = time.perf_counter()
-        unique: dict[tuple[int, ...], int] = {}
-        source = []
+        unique: dict[tuple[int, ...], int] = {}  # prompt -> its row in ``firsts``
+        firsts, source = [], []
         for p in prompts:
-            source.append(unique.setdefault(tuple(p.tolist()), len(unique)))
-        firsts = [prompts[source.index(i)] for i in range(len(unique))]
+            row = unique.setdefault(tuple(p.tolist()), len(unique))
+            if row == len(firsts):
+                firsts.append(p)
+            source.append(row)
         lengths = torch.tensor([len(p) for p in firsts], device=self.device)
         width = int(lengths.max())
         ids = torch.full((len(firsts), width), self.sampling.pad, dtype=torch.long)
@@ -416,7 +411,7 @@ class Engine:
             for s, p in zip(slots, prompts, strict=True):
                 self.seen[s, p.to(self.device)] = True
             seen = self.seen[slot_ids]
-        first = choose(logits, zero, seen, self.eos, self.sampling)
+        first = choose(process(logits, zero, seen, self.eos, self.sampling), self.sampling)
         if self.seen is not None:
             self.seen[slot_ids, first] = True
         n = torch.tensor([len(p) for p in prompts], device=self.device)
@@ -486,7 +481,7 @@ class Engine:
         """
         import torch
 
-        self.stats = RunStats(rows=len(prompts), capture_seconds=0.0)
+        self.stats = RunStats(rows=len(prompts))
         if not prompts:
             return []
         longest = max(len(p) for p in prompts)
@@ -641,6 +636,12 @@ def _prefill_layer(
     )
     h = h + attn.o_proj(out.transpose(1, 2).reshape(n, width, -1))
     return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def held_engine(model: Any) -> Engine | None:
+    """The engine ``model`` generated through last (its ``stats`` say what the run did)."""
+    held = getattr(_causal_lm(model), "_tunelab_engine", None)
+    return held[1] if held else None
 
 
 def engine_for(
