@@ -16,26 +16,26 @@ Uses the Qwen2.5-7B-shaped random-weight model that bench/sft_throughput.py buil
   rollouts take without vLLM): static cache, compiled decode step with CUDA graphs,
   grouped-query decode attention, settings from params.yaml (evaluate.alpaca.generation);
   ``tunelab_compiled_sdpa`` the same with transformers' SDPA decode attention;
-* ``tunelab_continuous`` - tunelab.generation.engine (what ``auto`` takes on a GPU):
+* ``tunelab_continuous`` - tunelab.generation.continuous (what ``auto`` takes on a GPU):
   slots with refill, one CUDA graph per decode step, settings from params.yaml;
   ``tunelab_continuous_autotune`` the same with ``compile_mode: max-autotune`` (inductor
   autotunes the decoder layer's GEMMs for the slot count).
 
-Issue 11's settings (``--issue11``): prompts of exactly 256 tokens, 256 new tokens
+The rollout workload (``--rollouts``): prompts of exactly 256 tokens, 256 new tokens
 (min = max), sampling, at 48 (8 prompts x 6) and 192 sequences, for plain ``generate``
 (hf_bf16) and tunelab_compiled; then for tunelab_compiled a GRPO step end to end
 through tunelab's own trainer class (training/grpo.rollout_trainer) and a 1,319-prompt
 evaluation end to end through tunelab's lm-eval model class (evaluation/gsm8k.lm_class),
 timed whole (no extrapolation).
 
-Issue 15 (``--issue11 --varied``, with ``tunelab_continuous`` among the paths): the same
+With ``--rollouts --varied`` (and ``tunelab_continuous`` among the paths): the same
 rows, every path side by side in the printed table, plus for the continuous paths a
 profile of one decode step (``decode_profile``: kernels by kind, from the captured graph)
 and the workload with real stops (``varied_stops``: 384 rows over 192 slots ending at
-lengths drawn from 32..512, with and without refill, rows compared). Issue 15's command
-(all three engines in one call) is in bench/NOTES.md.
+lengths drawn from 32..512, with and without refill, rows compared). The command for all
+three engines in one call is in docs/performance.md (generation speed).
 
-For each path (without ``--issue11``):
+For each path (without ``--rollouts``):
 
 * GRPO rollout: ``--grpo-prompts`` prompts x num_generations=6 samples
   (temperature 1.0), 256 new tokens each -> generated tokens per second;
@@ -85,9 +85,9 @@ PATHS = (
     "hf_4bit",
     "tunelab_4bit_dequantized",
 )
-PROMPT_TOKENS = 256  # issue 11's setting
-ISSUE11_SEQUENCES = (48, 192)
-# issue 15's workload with real stops: rows end at lengths drawn from 32..512
+PROMPT_TOKENS = 256  # the rollout workload's prompts
+ROLLOUT_SEQUENCES = (48, 192)
+# the workload with real stops: rows end at lengths drawn from 32..512
 # (new_tokens / 8 .. 2 x new_tokens)
 VARIED_ROWS, VARIED_SLOTS = 384, 192
 
@@ -125,7 +125,7 @@ def random_prompts(tok: Any, n: int, length: int, seed: int) -> Any:
 
 
 def fixed_length_rate(model: Any, tok: Any, path: str, sequences: int, new: int) -> dict:
-    """Issue 11's measurement: ``sequences`` sampled continuations of 256-token prompts.
+    """The rollout workload's measurement: ``sequences`` sampled continuations of 256-token prompts.
 
     One call generates all sequences together (8 prompts x 6 samples at 48); a first
     call of the same shape runs untimed (compilation and CUDA graph capture, reported).
@@ -178,7 +178,7 @@ def fixed_length_rate(model: Any, tok: Any, path: str, sequences: int, new: int)
 
 def engine_stats(model: Any) -> dict:
     """The continuous engine's split of its last run (prefill, decode steps, host)."""
-    from tunelab.generation.engine import held_engine
+    from tunelab.generation.continuous import held_engine
 
     engine = held_engine(model)
     return {"engine_stats": engine.stats.as_dict()} if engine else {}
@@ -190,7 +190,7 @@ def profile_decode(model: Any, steps: int = 8) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from tunelab.generation.engine import held_engine
+    from tunelab.generation.continuous import held_engine
 
     engine = held_engine(model)
     if engine is None or engine.graph is None:
@@ -316,8 +316,8 @@ def gsm8k_eval_end_to_end(path: str, model_dir: Path, work: Path, n: int, max_ge
     import random
 
     from tunelab.config import load_section
-    from tunelab.data.gsm8k import generate_problems
     from tunelab.evaluation.gsm8k import run_lm_eval, write_task
+    from tunelab.samples.gsm8k import generate_problems
 
     data = work / "gsm8k-eval"
     data.mkdir(parents=True, exist_ok=True)
@@ -596,8 +596,8 @@ def measure(args: argparse.Namespace, path: str, result: dict, cuda: bool) -> No
         result["grpo_step"] = grpo_steps(path, args.model_dir, prompts[:64], args.grpo_steps, cuda)
 
 
-def measure_issue11(args: argparse.Namespace, path: str, result: dict, cuda: bool) -> None:
-    """Issue 11: 48 and 192 sequences; for tunelab paths a GRPO step and a 1,319-prompt eval.
+def measure_rollouts(args: argparse.Namespace, path: str, result: dict, cuda: bool) -> None:
+    """The rollout workload: 48 and 192 sequences; for tunelab paths a GRPO step and a 1,319-prompt eval.
 
     The result file is rewritten after every phase (status ``partial``), so a path that
     runs past ``--timeout`` still reports what it measured.
@@ -610,7 +610,7 @@ def measure_issue11(args: argparse.Namespace, path: str, result: dict, cuda: boo
     model, tok = load(path, args.model_dir, cuda)
     log(f"{path} loaded")
     result["fixed_length"] = []
-    for n in ISSUE11_SEQUENCES:
+    for n in ROLLOUT_SEQUENCES:
         result["fixed_length"].append(fixed_length_rate(model, tok, path, n, args.new_tokens))
         save()
     if "continuous" in path and cuda:
@@ -640,7 +640,7 @@ def worker(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {"path": path}
     t0 = time.perf_counter()
     try:
-        (measure_issue11 if args.issue11 else measure)(args, path, result, cuda)
+        (measure_rollouts if args.rollouts else measure)(args, path, result, cuda)
         result["status"] = "ok"
     except Exception as err:  # noqa: BLE001 - report and let the other paths run
         result |= {
@@ -666,7 +666,7 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--compile-backend", help="override params' compile_backend (CPU: aot_eager)")
     p.add_argument(
-        "--issue11",
+        "--rollouts",
         action="store_true",
         help="256-token prompts at 48 and 192 sequences; GRPO step and --eval-prompts "
         "GSM8K problems end to end for tunelab paths",
@@ -674,7 +674,7 @@ def main() -> None:
     p.add_argument(
         "--varied",
         action="store_true",
-        help="with --issue11: issue 15's rows with real stops (lengths 32..512) for tunelab paths",
+        help="with --rollouts: rows with real stops (lengths 32..512) for tunelab paths",
     )
     p.add_argument("--tokenizer", type=Path, default=ROOT / "models" / "base" / "text")
     p.add_argument("--timeout", type=float, default=None, help="seconds per path process")
@@ -695,9 +695,9 @@ def main() -> None:
         build_model(
             model_dir, TINY if args.tiny else QWEN25_7B, args.tokenizer, "cuda" if cuda else "cpu"
         )
-    from recorded import command_line  # bench/recorded.py (bench/ is the script's folder)
+    from tunelab.provenance import command_line
 
-    command = command_line("generation_throughput.py", sys.argv[1:])
+    command = command_line("python bench/generation_throughput.py", sys.argv[1:], ROOT)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     if args.compile_backend:
         env["TUNELAB_BENCH_COMPILE_BACKEND"] = args.compile_backend
@@ -710,7 +710,7 @@ def main() -> None:
         cmd += ["--model-dir", str(model_dir), "--work", str(args.work)]
         for k in ("grpo_prompts", "grpo_steps", "eval_prompts", "eval_batch", "new_tokens"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-        cmd += ["--issue11"] if args.issue11 else []
+        cmd += ["--rollouts"] if args.rollouts else []
         cmd += ["--varied"] if args.varied else []
         log(f"path {path}")
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -728,8 +728,8 @@ def main() -> None:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if args.issue11:
-        print_issue_table(results)
+    if args.rollouts:
+        print_side_by_side(results)
         return
     print(
         f"\n{'path':14} {'status':7} {'GRPO gen tok/s':>15} {'GRPO s/step':>12} {'eval tok/s':>11} {'1319 s':>8}"
@@ -743,8 +743,8 @@ def main() -> None:
         )
 
 
-def issue_rows(r: dict) -> dict[str, Any]:
-    """One path's figures for issue 15's table (``-``: not measured for this path)."""
+def rollout_rows(r: dict) -> dict[str, Any]:
+    """One path's figures for the side-by-side table (``-``: not measured for this path)."""
     fixed = {f["sequences"]: f["tokens_per_second"] for f in r.get("fixed_length", [])}
     varied = r.get("varied_stops", {})
     waves = varied.get("without_refill", {})
@@ -761,9 +761,9 @@ def issue_rows(r: dict) -> dict[str, Any]:
     }
 
 
-def print_issue_table(results: list[dict]) -> None:
-    """Every row of issue 15 with one column per path, side by side."""
-    columns = [(r["path"], issue_rows(r)) for r in results]
+def print_side_by_side(results: list[dict]) -> None:
+    """Every rollout-workload row with one column per path, side by side."""
+    columns = [(r["path"], rollout_rows(r)) for r in results]
     if not columns:
         return
     width = max(len(k) for k in columns[0][1]) + 1

@@ -68,9 +68,9 @@ def main() -> None:
 
     from tunelab.config import load_section
     from tunelab.data.common import prompt_of
-    from tunelab.evaluation import gguf_readback as rb
-    from tunelab.export import export_adapter
-    from tunelab.gguf_export import export_gguf
+    from tunelab.export import readback as rb
+    from tunelab.export.gguf import export_gguf
+    from tunelab.export.merge import export_adapter
 
     try:
         import llama_cpp  # noqa: F401

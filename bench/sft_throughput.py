@@ -78,7 +78,7 @@ TINY = {
 # name -> (process group, spec). Setups of one group share a process, in this order.
 SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "hf_seed": ("plain", {"batch": 2, "seq": 512, "accum": 8, "gradient_checkpointing": True}),
-    # Unsloth without TRL's trainer: a plain loop over the same packed batches (issue 16's anchor).
+    # Unsloth without TRL's trainer: a plain loop over the same packed batches (the anchor).
     "unsloth_alone": ("unsloth_alone", {}),
     # the 4-bit row at <= 8 GiB: the gpu profile with Unsloth's offloaded checkpointing (the
     # profile's setting before the memory plan; backend auto -> Unsloth on a GPU, 4-bit, packed).
@@ -99,14 +99,14 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "tunelab_gpu_hf": ("hf", {"backend": "hf"}),
     "tunelab_gpu_hf_liger": ("hf", {"backend": "hf", "liger_kernel": True}),
     "tunelab_gpu_hf_no_liger": ("hf", {"backend": "hf", "liger_kernel": False}),
-    # LoRA variants (issue 19): the gpu profile's path with one variant key changed; PiSSA
+    # LoRA variants: the gpu profile's path with one variant key changed; PiSSA
     # rewrites the base weights and needs a bf16 base (compare with tunelab_unsloth_bf16).
     "tunelab_gpu_dora": ("variants", {"lora.use_dora": True}),
     "tunelab_gpu_rslora": ("variants", {"lora.use_rslora": True}),
     "tunelab_gpu_loraplus": ("variants", {"optim.loraplus_lr_ratio": 16.0}),
     "tunelab_bf16_pissa": ("variants_bf16", {"model.load_in_4bit": False, "lora.init": "pissa"}),
 }
-# what a plain `python bench/sft_throughput.py` runs (issue 16's rows), in this order
+# what a plain `python bench/sft_throughput.py` runs (the default setups), in this order
 DEFAULT_SETUPS = [
     "tunelab_gpu",
     "tunelab_auto",
@@ -314,7 +314,7 @@ def tunelab_params(overrides: dict[str, Any], steps: int, tiny: bool) -> Any:
     """train.alpaca from params.yaml with profiles/gpu.yaml on top, then the setup's overrides."""
     import yaml
 
-    from tunelab.config import SFTTrainParams
+    from tunelab.config.train import SFTTrainParams
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     gpu = yaml.safe_load((ROOT / "profiles" / "gpu.yaml").read_text(encoding="utf-8"))
@@ -553,7 +553,7 @@ def run_tunelab(
         out_dir=work / "adapters" / name,
         live_dir=work / "live" / name,
         extra_callbacks=callbacks,
-    )
+    ).card
     t = dict(card["throughput"])
     t["meter_tokens_per_second"] = t["tokens_per_second"]
     t["warmup_steps_left_out"] = WARMUP["steps"] if steps > WARMUP["steps"] else 0
@@ -874,9 +874,9 @@ def main() -> None:
     unknown = [n for n in names if n not in SETUPS]
     if unknown:
         sys.exit(f"unknown setups {unknown}; known: {', '.join(SETUPS)}")
-    from recorded import command_line  # bench/recorded.py (bench/ is the script's folder)
+    from tunelab.provenance import command_line
 
-    command = command_line("sft_throughput.py", sys.argv[1:])
+    command = command_line("python bench/sft_throughput.py", sys.argv[1:], ROOT)
     t_start = time.perf_counter()
     for stale in args.work.glob("result-*.json"):
         stale.unlink()
@@ -1007,7 +1007,7 @@ def loss_agreement(a: dict | None, b: dict | None) -> dict[str, Any] | None:
 
 
 def targets(by: dict[str, dict]) -> dict[str, Any]:
-    """Issue 16's targets, read off this run's figures (None where a setup did not run)."""
+    """The SFT speed targets, read off this run's figures (None where a setup did not run)."""
     gpu, auto, alone, seed = (
         by.get(n) for n in ("tunelab_gpu", "tunelab_auto", "unsloth_alone", "hf_seed")
     )

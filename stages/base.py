@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunelab import stage
+from tunelab import provenance
+from tunelab.runtime import run_stage
 
 OUT = Path("models/base")
 
@@ -35,7 +36,7 @@ def build_text() -> None:
 
     corpus = Path(params.corpus)
     lines = read_corpus(corpus)
-    with stage.Timer() as timer:
+    with provenance.Timer() as timer:
         set_seed(params.seed)
         tokenizer = train_tokenizer(
             lines, params.tokenizer.vocab_size, params.tokenizer.min_frequency
@@ -65,8 +66,8 @@ def build_text() -> None:
                 "pretrain_loss_first": round(losses[0], 4),
                 "pretrain_loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 4),
                 "wall_seconds": timer.seconds,
-                "libraries": stage.library_versions(),
-                "code": stage.code_revision(),
+                "libraries": provenance.library_versions(),
+                "code": provenance.code_revision(),
             },
         )
     print(
@@ -95,7 +96,7 @@ def build_vision() -> None:
 
     corpus = Path(params.corpus)
     lines = read_corpus(corpus)
-    with stage.Timer() as timer:
+    with provenance.Timer() as timer:
         model, processor, losses = build_vision_base(params, lines)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -110,8 +111,8 @@ def build_vision() -> None:
                 "vocab_size": len(processor.tokenizer),
                 "losses": losses,
                 "wall_seconds": timer.seconds,
-                "libraries": stage.library_versions(),
-                "code": stage.code_revision(),
+                "libraries": provenance.library_versions(),
+                "code": provenance.code_revision(),
             },
         )
     print(
@@ -128,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("kind", choices=sorted(BUILDERS))
     args = parser.parse_args()
-    stage.run(BUILDERS[args.kind])
+    run_stage(BUILDERS[args.kind])
 
 
 if __name__ == "__main__":

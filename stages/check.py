@@ -9,12 +9,12 @@ lists this stage's output (data/checked.json) among its deps, so DVC runs this
 first and stops here, before it deletes anything. The output's bytes never change
 while everything is valid: a valid edit reruns only the stages that depend on it.
 (The alternative, `persist: true` on every output, would turn off DVC's run-cache
-for those stages; see README "Reliability".)
+for those stages; see docs/reliability.md.)
 
 What is checked: every section of params.yaml (tunelab.config.load_params: unknown
 sections and keys with a close-match suggestion, every error of a bad section);
 each prepare scenario's raw inputs, read and checked by the prepare code itself in
-memory (tunelab.data.build); the base models' corpus; the svd image and the als
+memory (tunelab.scenarios.build); the base models' corpus; the svd image and the als
 ratings file when they are files. A scenario whose section and input files (size,
 mtime) and loader code are unchanged since its last successful check is not read
 again (.tunelab/check.json), so that an edit elsewhere in params.yaml stays cheap.
@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab import stage
+from tunelab.runtime import run_stage
 
 OUT = Path("data/checked.json")
 MEMO = Path(".tunelab/check.json")
@@ -41,7 +41,10 @@ def fingerprint(section: Any, paths: list[Path]) -> str:
     import tunelab.data
 
     h = hashlib.sha256(json.dumps(section.model_dump(), sort_keys=True, default=str).encode())
-    code = [Path(tunelab.config.__file__), *sorted(Path(tunelab.data.__file__).parent.glob("*.py"))]
+    code = [
+        *sorted(Path(tunelab.config.__file__).parent.glob("*.py")),
+        *sorted(Path(tunelab.data.__file__).parent.glob("*.py")),
+    ]
     for f in code:
         h.update(f.read_bytes())
     for p in paths:
@@ -54,9 +57,9 @@ def fingerprint(section: Any, paths: list[Path]) -> str:
 
 def check_inputs(sections: dict[str, Any]) -> list[str]:
     """Check every scenario's raw inputs (memoised); return one summary word per scenario."""
-    from tunelab.data.build import SCENARIOS, build, input_paths
     from tunelab.errors import TunelabError
     from tunelab.io import write_json
+    from tunelab.scenarios import SCENARIOS, build, input_paths
 
     memo = json.loads(MEMO.read_text()) if MEMO.is_file() else {}
     done = []
@@ -102,7 +105,7 @@ def check() -> None:
 
 
 def main() -> None:
-    stage.run(check)
+    run_stage(check)
 
 
 if __name__ == "__main__":

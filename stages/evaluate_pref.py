@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunelab import stage
-
-NAMES = ("dpo", "orpo")
+from tunelab import provenance
+from tunelab.runtime import run_stage
+from tunelab.scenarios import PREFERENCE
 
 
 def evaluate_pref(name: str) -> None:
-    from stages.evaluate import write_results
     from tunelab.config import load_section
     from tunelab.errors import TunelabError
     from tunelab.evaluation.preference import preference_scores
+    from tunelab.evaluation.results import write_results
     from tunelab.evaluation.sft import base_vs_tuned, evaluate_text
     from tunelab.io import read_jsonl
 
@@ -31,7 +31,7 @@ def evaluate_pref(name: str) -> None:
     records = read_jsonl(val)[: params.max_samples]
     if not records or "rejected" not in records[0]:
         raise TunelabError(str(val), "not prepared preference pairs (no 'rejected')")
-    with stage.Timer() as timer:
+    with provenance.Timer() as timer:
         results, outputs = evaluate_text(
             params,
             Path("models/base/text"),
@@ -49,9 +49,9 @@ def evaluate_pref(name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", choices=NAMES)
+    parser.add_argument("name", choices=PREFERENCE)
     args = parser.parse_args()
-    stage.run(lambda: evaluate_pref(args.name))
+    run_stage(lambda: evaluate_pref(args.name))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ python -m stages.prepare alpaca|medical|legal|gsm8k|car_insurance|preference
 
 gsm8k keeps its own train/test files (GSM8K ships both): data/prepared/gsm8k/{train,test}.jsonl.
 car_insurance also writes the resized images (images/). The reading and checking is
-tunelab.data.build, which stages.check runs first (in memory) under `dvc repro`.
+tunelab.scenarios.build, which stages.check runs first (in memory) under `dvc repro`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunelab import stage
-from tunelab.data.build import SCENARIOS
+from tunelab.runtime import run_stage
+from tunelab.scenarios import SCENARIOS
 
 
 def prepare(scenario: str) -> None:
     from tunelab.config import load_section
-    from tunelab.data.build import build, write
+    from tunelab.data.build import write
+    from tunelab.scenarios import build
 
     prepared = build(scenario, load_section(f"prepare.{scenario}"))
     write(prepared, Path("data/prepared") / scenario)
@@ -35,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     args = parser.parse_args()
-    stage.run(lambda: prepare(args.scenario))
+    run_stage(lambda: prepare(args.scenario))
 
 
 if __name__ == "__main__":

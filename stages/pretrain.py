@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunelab import stage
-
-SCENARIOS = ("medical", "legal")
+from tunelab.runtime import run_stage
+from tunelab.scenarios import PRETRAINED
 
 
 def pretrain(scenario: str) -> None:
@@ -37,7 +36,7 @@ def pretrain(scenario: str) -> None:
     )
     data_dir = Path("data/prepared") / f"pretrain_{scenario}"
     write_domain_text(data_dir, train, val, data_card)
-    card, model, tokenizer = train_pretrain(
+    trained = train_pretrain(
         scenario,
         params,
         backend,
@@ -46,6 +45,7 @@ def pretrain(scenario: str) -> None:
         out_dir=Path("adapters") / f"pretrain_{scenario}",
         live_dir=Path("reports/train") / f"pretrain_{scenario}",
     )
+    card, model, tokenizer = trained.card, trained.model, trained.processor
     model.eval()
     texts = [r["text"] for r in val]
     args = (tokenizer, texts, params.data.max_length, params.eval_batch_size)
@@ -71,9 +71,9 @@ def pretrain(scenario: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("scenario", choices=PRETRAINED)
     args = parser.parse_args()
-    stage.run(lambda: pretrain(args.scenario))
+    run_stage(lambda: pretrain(args.scenario))
 
 
 if __name__ == "__main__":

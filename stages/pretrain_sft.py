@@ -17,9 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from tunelab import stage
-
-SCENARIOS = ("medical", "legal")
+from tunelab.runtime import run_stage
+from tunelab.scenarios import PRETRAINED
 
 
 def pretrain_sft(scenario: str) -> None:
@@ -51,7 +50,7 @@ def pretrain_sft(scenario: str) -> None:
         live_dir=Path("reports/train") / f"{scenario}_pretrained",
         init_adapter=init,
         checkpoint_stage="pretrain_sft",
-    )
+    ).card
     records = read_jsonl(Path("data/prepared") / scenario / "val.jsonl")[: eval_params.max_samples]
     results, _ = evaluate_text(eval_params, base_dir, out_dir, records, models=("tuned",))
     with_pt = results["tuned"]
@@ -73,9 +72,9 @@ def pretrain_sft(scenario: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("scenario", choices=PRETRAINED)
     args = parser.parse_args()
-    stage.run(lambda: pretrain_sft(args.scenario))
+    run_stage(lambda: pretrain_sft(args.scenario))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunelab import stage
+from tunelab.runtime import run_stage
 
 
 def report() -> None:
@@ -28,7 +28,7 @@ def report() -> None:
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
-    stage.run(report)
+    run_stage(report)
 
 
 if __name__ == "__main__":

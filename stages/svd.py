@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab import stage
+from tunelab import provenance
+from tunelab.runtime import run_stage
 
 OUT = Path("reports/svd")
 METRICS = Path("reports/metrics/svd")
@@ -36,7 +37,7 @@ def svd() -> None:
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(params.threads)
-    with stage.Timer() as timer, threadpool_limits(limits=params.threads):
+    with provenance.Timer() as timer, threadpool_limits(limits=params.threads):
         image = lsvd.load_image(params.image)
         decomposition = lsvd.channel_svd(image)
         rows = lsvd.rank_sweep(image, params.ranks, decomposition)
@@ -155,7 +156,7 @@ def main() -> None:
     import argparse
 
     argparse.ArgumentParser(description=__doc__).parse_args()
-    stage.run(svd)
+    run_stage(svd)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunelab import stage
-
-NAMES = ("dpo", "orpo")
+from tunelab.runtime import run_stage
+from tunelab.scenarios import PREFERENCE
 
 
 def train_pref(name: str) -> None:
@@ -34,7 +33,7 @@ def train_pref(name: str) -> None:
         data_dir=Path("data/prepared/preference"),
         out_dir=Path("adapters") / name,
         live_dir=Path("reports/train") / name,
-    )
+    ).card
     t = card["train"]
     print(
         f"train_pref {name}: {params.method} on {backend}, {t['global_step']} steps, "
@@ -45,9 +44,9 @@ def train_pref(name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", choices=NAMES)
+    parser.add_argument("name", choices=PREFERENCE)
     args = parser.parse_args()
-    stage.run(lambda: train_pref(args.name))
+    run_stage(lambda: train_pref(args.name))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+# The `slow` lane (`pytest -m "not slow"` leaves it out): every test that trains, runs
+# `dvc repro` / `dvc exp run`, or starts a server or a browser. Tests that use a fixture
+# which trains (these build or train a model) are marked here; the others carry the mark.
+TRAINING_FIXTURES = frozenset({"tiny_base", "tiny_vl_base", "tiny_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def shared_dataset(*parts: str) -> Path:
     """A path under ../shared/datasets, or skip the test with the reason."""
     path = SHARED.joinpath(*parts)

@@ -7,7 +7,7 @@ half-written or temporary directory beside it). NOTED holds inputs that are
 accepted with what was done to them written in the data card. DVC_CASES runs one
 case of every kind again through `dvc repro` / `dvc exp run` in a DVC clone: the
 `check` stage stops the run before DVC deletes anything, every previous output
-intact (issue 17).
+intact.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab.data.build import SCENARIOS
+from tunelab.scenarios import SCENARIOS
 
 from .conftest import GIT, ROOT, make_clone, run_module, sh
 
@@ -92,7 +92,7 @@ def workbook(rows: list[dict], files: dict[str, bytes] | None = None) -> Setup:
     """Replace the car_insurance workbook (and add image files beside it)."""
 
     def setup(root: Path) -> None:
-        from tunelab.data.odometer import SAMPLE_COLUMNS, write_car_insurance_xlsx
+        from tunelab.samples.odometer import SAMPLE_COLUMNS, write_car_insurance_xlsx
 
         folder = root / "data/raw/car_insurance"
         for rel, data in (files or {}).items():
@@ -431,7 +431,7 @@ CASES: list[tuple[str, list[str], Setup, str, str]] = [
         "data/prepared/alpaca/val.jsonl line 2: invalid JSON",
         "reports/metrics/evaluate/alpaca.json",
     ),
-    # ---------------------------------------------------------------- issue 17
+    # ------------------------------------------------ real files nobody here wrote
     (
         "medical-big5-not-in-params",
         ["prepare", "medical"],
@@ -737,7 +737,7 @@ CASES: list[tuple[str, list[str], Setup, str, str]] = [
 ]
 
 
-# Cases that are accepted, with what was done written in the data card (issue 17):
+# Cases that are accepted, with what was done written in the data card:
 # (case id, scenario, setup, check of (prepared folder, data card))
 Check = Callable[[Path, dict], None]
 
@@ -1104,7 +1104,7 @@ def test_deps_follow_the_params_in_both_profiles_and_outside_sources(tmp_path: P
     """Item 3: a source outside data/raw is a DVC dependency (edit it: `dvc status` says
     stale), and every input either profile's params name is a dep of prepare@<s> and check."""
     from tunelab.config import load_section
-    from tunelab.data.build import input_paths
+    from tunelab.scenarios import input_paths
 
     root = make_clone(tmp_path / "repo")
     for profile in ("gpu", "smoke"):

@@ -1,5 +1,5 @@
-"""bench/bundle.py: which packages travel to the GPU machine (selection only; the real
-build downloads ~100 wheels from PyPI and is run by hand, see bench/NOTES.md)."""
+"""tools/bundle.py: which packages travel to the GPU machine (selection only; the real
+build downloads ~100 wheels from PyPI and is run by hand, see docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 
 from .conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tools"))
 import bundle  # noqa: E402
 
 
 def _selection() -> tuple[dict, dict, dict, set]:
     gpu = bundle.read_pins(ROOT / "requirements/gpu.txt")
     lock = bundle.read_pins(ROOT / "requirements/cpu-lock.txt")
-    device = bundle.read_names(ROOT / "bench/device_packages.txt")
+    device = bundle.read_names(ROOT / "tools/device_packages.txt")
     return bundle.select(gpu, lock, device), gpu, lock, device
 
 
@@ -64,7 +64,7 @@ def test_a_requirement_that_is_not_an_exact_pin_is_one_clear_error(tmp_path: Pat
 def test_a_recorded_command_names_no_path_of_this_machine(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import recorded
+    from tunelab.provenance import command_line
 
     out = tmp_path / "out"  # the device's output folder, wherever it is
     monkeypatch.setenv("OUT", str(out))
@@ -75,10 +75,10 @@ def test_a_recorded_command_names_no_path_of_this_machine(
         str(ROOT / "bench/vendor/tokenizer"),
         "a b",
     ]
-    line = recorded.command_line("sft_throughput.py", argv)
+    line = command_line("python bench/sft_throughput.py", argv, ROOT)
     assert (
         line
         == "python bench/sft_throughput.py --out $OUT/run.json --tokenizer bench/vendor/tokenizer 'a b'"
     )
     monkeypatch.delenv("OUT")
-    assert str(out / "run.json") in recorded.command_line("x.py", [str(out / "run.json")])
+    assert str(out / "run.json") in command_line("python bench/x.py", [str(out / "run.json")], ROOT)

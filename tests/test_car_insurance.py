@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from tunelab.data.car_insurance import bounded_size, prepare_car_insurance
-from tunelab.data.odometer import (
+from tunelab.errors import TunelabError
+from tunelab.samples.odometer import (
     SAMPLE_COLUMNS,
     format_answer,
     jpeg_bytes,
@@ -20,7 +21,6 @@ from tunelab.data.odometer import (
     write_car_insurance_samples,
     write_car_insurance_xlsx,
 )
-from tunelab.errors import TunelabError
 
 from .conftest import ROOT, run_module, section, shared_dataset
 
@@ -320,7 +320,7 @@ def test_generated_dashboards_are_small_and_readable_sized() -> None:
     assert img.size == (224, 84) and img.mode == "RGB"
 
 
-# ------------------------------------------------------------------ issue 17
+# ------------------------------------------------------ workbooks from elsewhere
 
 
 def test_windows_separators_formulas_and_the_image_folder(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ import pytest
 from tunelab.compare import compare
 from tunelab.errors import TunelabError
 
+pytestmark = pytest.mark.slow  # runs dvc repro and dvc exp run
+
 STAGE = """\
 import json, pathlib, yaml
 p = yaml.safe_load(open("params.yaml"))["train"]["toy"]
@@ -137,6 +139,7 @@ def test_experiment_names_compare_like_commits(repo: Path) -> None:
 
 VARIANT_STAGE = """\
 import json, pathlib, yaml
+
 p = yaml.safe_load(open("params.yaml"))["train"]["alpaca"]
 dora = p["lora"]["use_dora"]
 loss = 0.25 if dora else 0.3

@@ -124,7 +124,7 @@ def test_real_gbk_file_reads_correctly(tmp_path: Path) -> None:
     assert all(len(r["messages"][1]["content"]) + len(reference_of(r)) <= 200 for r in records)
 
 
-# ------------------------------------------- real text in other encodings (issue 17)
+# ------------------------------------------------------ real text in other encodings
 
 
 def real_rows(n: int) -> tuple[list[str], list[list[str]]]:

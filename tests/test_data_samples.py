@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.data.samples import write_samples
+from tunelab.samples.write import write_samples
 
 from .conftest import ROOT
 

@@ -52,7 +52,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
 
 
 def test_dockerfile_contract() -> None:
-    """What issue 7 asks of the file, read from the file itself."""
+    """What the image must do, read from the Dockerfile itself."""
     text = DOCKERFILE.read_text(encoding="utf-8")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     assert lines[0].startswith("ARG BASE_IMAGE=nvidia/cuda:13.")

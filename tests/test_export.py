@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.export import export_adapter
+from tunelab.export.merge import export_adapter
 
 from .conftest import ROOT, run_module, section
 

@@ -117,7 +117,7 @@ def test_compiled_greedy_matches_plain_generate_with_lora(tiny_base: Path, atten
 
 def test_grouped_attention_equals_sdpa_on_a_decode_step() -> None:
     """The grouped kernel alone, with padding and a boolean mask, against SDPA + repeat."""
-    from tunelab.generation import _grouped_attention
+    from tunelab.generation.compiled import _grouped_attention
 
     torch.manual_seed(1)
     batch, heads, kv, keys, dim = 3, 8, 2, 11, 16

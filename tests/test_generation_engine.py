@@ -1,4 +1,4 @@
-"""tunelab.generation.engine (the continuous engine) against plain `generate` on the CPU.
+"""tunelab.generation.continuous (the continuous engine) against plain `generate` on the CPU.
 
 The tiny Qwen2 has grouped-query attention (4 query heads, 2 key/value heads) and a LoRA
 with random A and B on q/v/down, so the adapter changes the outputs. The CUDA graph and
@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from tunelab.generation import generate_new_tokens, resolve_engine
-from tunelab.generation.engine import Sampling, held_engine, process, stop_strings
+from tunelab.generation.continuous import held_engine
+from tunelab.generation.sampling import Sampling, process
+from tunelab.generation.stops import stop_strings
 
 from .conftest import section
 from .test_generation import PROMPTS, _encode, _greedy, _model_with_adapter, _trim
@@ -238,7 +240,7 @@ def test_stop_strings_end_rows_where_lm_eval_would(lora_model) -> None:
 def test_unsupported_models_and_settings_are_refused_by_name(tiny_base: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tunelab.generation.engine import unsupported
+    from tunelab.generation.support import unsupported
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
     assert unsupported(model) is None

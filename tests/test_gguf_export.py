@@ -22,8 +22,8 @@ import pytest
 import torch
 import yaml
 
-from tunelab.evaluation import gguf_readback as readback
-from tunelab.export import export_adapter
+from tunelab.export import readback
+from tunelab.export.merge import export_adapter
 
 from .conftest import ROOT, run_module, section
 
@@ -446,8 +446,8 @@ def test_modelfile_refuses_what_it_cannot_translate(tiny_run: Path, tmp_path: Pa
     from transformers import AutoTokenizer
 
     from tunelab.errors import TunelabError
+    from tunelab.export.ollama import modelfile_text, training_system_prompt
     from tunelab.io import sha256_path
-    from tunelab.ollama import modelfile_text, training_system_prompt
 
     data = tmp_path / "train.jsonl"
     rows = [

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab.data.gsm8k import generate_problems, prepare_gsm8k, read_gsm8k, split_answer
+from tunelab.data.gsm8k import prepare_gsm8k, read_gsm8k, split_answer
 from tunelab.errors import TunelabError
 from tunelab.io import read_jsonl
-from tunelab.rewards import Scorer
+from tunelab.samples.gsm8k import generate_problems
+from tunelab.training.rewards import Scorer
 
 from .conftest import ROOT, params_dict, run_module, section, shared_dataset
 
@@ -212,9 +213,9 @@ def test_vllm_requested_but_missing_is_one_clear_error() -> None:
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
-    check_vllm(section("train.gsm8k"))  # not asked for: nothing to check
+    check_vllm(section("train.gsm8k"), "train.gsm8k")  # not asked for: nothing to check
     with pytest.raises(TunelabError, match=r"vllm.use_vllm: vLLM rollouts requested but vllm"):
-        check_vllm(section("train.gsm8k", vllm__use_vllm=True))
+        check_vllm(section("train.gsm8k", vllm__use_vllm=True), "train.gsm8k")
 
 
 @pytest.fixture(scope="module")
@@ -230,13 +231,14 @@ def grpo_run(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     os.chdir(work)  # checkpoints go to ./.tunelab
     try:
         card = train_grpo(
+            "gsm8k",
             params,
             select_backend("hf", "test"),
             base_dir=tiny_base,
             data_dir=work / "data",
             out_dir=work / "adapter",
             live_dir=work / "live",
-        )
+        ).card
     finally:
         os.chdir(cwd)
     return {"card": card, "work": work, "base": tiny_base}
@@ -502,13 +504,14 @@ def test_grpo_rollouts_through_the_fast_engines(
     torch._dynamo.utils.counters.clear()
     try:
         card = train_grpo(
+            "gsm8k",
             params,
             "hf",
             base_dir=grpo_run["base"],
             data_dir=grpo_run["work"] / "data",
             out_dir=tmp_path / "adapter",
             live_dir=tmp_path / "live",
-        )
+        ).card
     finally:
         os.chdir(cwd)
     assert card["grpo"]["rollout_engine"] == engine

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab.config import LaunchParams
+from tunelab.config.launch import LaunchParams
 from tunelab.errors import TunelabError
-from tunelab.launch import accelerate_config, effective_batch
+from tunelab.training.launch import accelerate_config, effective_batch
 
 from .conftest import ROOT, params_dict, run_module
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
+from tunelab.config.profiles import leaves
 from tunelab.errors import TunelabError
 from tunelab.lowrank import als as lals
-from tunelab.profiles import leaves
 
 from .conftest import ROOT, params_dict, run_module, section, shared_dataset
 

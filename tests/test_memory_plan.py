@@ -11,12 +11,13 @@ import yaml
 
 from tunelab.config import load_section
 from tunelab.errors import TunelabError
+from tunelab.training import memory_estimate as me
 from tunelab.training import memory_plan as mp
 
 from .conftest import params_dict, section
 
-# Qwen2.5-7B's shape, as bench/sft_throughput.py builds it (bench/NOTES.md).
-QWEN_7B = mp.Dims(
+# Qwen2.5-7B's shape, as bench/sft_throughput.py builds it (docs/performance.md).
+QWEN_7B = me.Dims(
     hidden_size=3584,
     num_hidden_layers=28,
     intermediate_size=18944,
@@ -27,11 +28,11 @@ QWEN_7B = mp.Dims(
     tie_word_embeddings=False,
 )
 ALL_SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-GPU_BATCH = (mp.Batch(micro_batch=4, accumulation=4, row_tokens=2048),)  # T = 8192, packed
+GPU_BATCH = (me.Batch(micro_batch=4, accumulation=4, row_tokens=2048),)  # T = 8192, packed
 
 
-def setup_7b(backend: str, load_in_4bit: bool, optim: str = "adamw_8bit") -> mp.Setup:
-    return mp.Setup(QWEN_7B, backend, load_in_4bit, "bfloat16", 16, ALL_SEVEN, optim)
+def setup_7b(backend: str, load_in_4bit: bool, optim: str = "adamw_8bit") -> me.Setup:
+    return me.Setup(QWEN_7B, backend, load_in_4bit, "bfloat16", 16, ALL_SEVEN, optim)
 
 
 def usable(budget_gib: float) -> float:
@@ -48,55 +49,55 @@ def usable(budget_gib: float) -> float:
     ],
 )
 def test_the_estimate_is_calibrated_on_h200_measurements(
-    what: str, setup: mp.Setup, tokens: int, mode: str, measured_gib: float
+    what: str, setup: me.Setup, tokens: int, mode: str, measured_gib: float
 ) -> None:
-    """Peak allocated on an H200 (bench/NOTES.md, run 1); the estimate errs high, by < 20%."""
-    estimate = mp.estimate_gib(setup, tokens, mode)
+    """Peak allocated on an H200 (docs/performance.md, run 1); the estimate errs high, by < 20%."""
+    estimate = me.estimate_gib(setup, tokens, mode)
     assert measured_gib <= estimate <= 1.2 * measured_gib, (what, estimate)
 
 
 def test_auto_picks_the_fastest_mode_that_fits() -> None:
     unsloth = setup_7b("unsloth", True)
     # 139 GiB free (an H200): no checkpointing (~39.1 GiB)
-    plan = mp.choose(unsloth, "auto", GPU_BATCH, usable(139))
+    plan = me.choose(unsloth, "auto", GPU_BATCH, usable(139))
     assert (plan.mode, plan.batches, plan.fits, plan.split) == ("none", GPU_BATCH, True, False)
     # 16 GiB: none is ~39.1, gpu ~9.9 GiB: checkpoints on the GPU fit 90% of it (14.4)
-    plan = mp.choose(unsloth, "auto", GPU_BATCH, usable(16))
+    plan = me.choose(unsloth, "auto", GPU_BATCH, usable(16))
     assert plan.mode == "gpu" and plan.batches == GPU_BATCH and plan.fits
     # 8 GiB (7.2 usable): offload is ~8.5 GiB at micro-batch 4 and ~7.5 at 2 (the measured
     # 7.45 at 4 would not leave the headroom either); at micro-batch 1 it is ~7.1: offload,
     # with accumulation x4 so that the tokens per optimizer step stay
-    plan = mp.choose(unsloth, "auto", GPU_BATCH, usable(8))
+    plan = me.choose(unsloth, "auto", GPU_BATCH, usable(8))
     assert plan.mode == "offload" and plan.fits and plan.split
-    assert plan.batches == (mp.Batch(1, 16, 2048),) and plan.tokens == 2048
+    assert plan.batches == (me.Batch(1, 16, 2048),) and plan.tokens == 2048
     assert plan.estimates_gib["offload"] == pytest.approx(7.08, abs=0.01)
     # 6 GiB: the 4-bit weights and embeddings alone are ~5.3 GiB: the smallest (offload at
     # micro-batch 1), flagged as possibly not fitting
-    plan = mp.choose(unsloth, "auto", GPU_BATCH, usable(6))
+    plan = me.choose(unsloth, "auto", GPU_BATCH, usable(6))
     assert plan.mode == "offload" and not plan.fits
-    assert plan.batches == (mp.Batch(1, 16, 2048),)
+    assert plan.batches == (me.Batch(1, 16, 2048),)
 
 
 @pytest.mark.parametrize("budget", [200, 139, 24, 16, 8, 6, 1])
 def test_the_hf_backend_never_offloads(budget: float) -> None:
-    plan = mp.choose(setup_7b("hf", True), "auto", GPU_BATCH, usable(budget))
+    plan = me.choose(setup_7b("hf", True), "auto", GPU_BATCH, usable(budget))
     assert plan.mode in ("none", "gpu") and "offload" not in plan.estimates_gib
-    assert mp.choose(setup_7b("hf", True), "gpu", GPU_BATCH, usable(budget)).mode == "gpu"
+    assert me.choose(setup_7b("hf", True), "gpu", GPU_BATCH, usable(budget)).mode == "gpu"
 
 
 def test_hf_4bit_choices() -> None:
     hf = setup_7b("hf", True)
-    assert mp.choose(hf, "auto", GPU_BATCH, usable(139)).mode == "none"  # ~45.5 GiB
-    assert mp.choose(hf, "auto", GPU_BATCH, usable(24)).mode == "gpu"  # ~16.3 GiB
-    plan = mp.choose(hf, "auto", GPU_BATCH, usable(16))  # 16.3 > 14.4: split once
-    assert (plan.mode, plan.batches, plan.fits) == ("gpu", (mp.Batch(2, 8, 2048),), True)
+    assert me.choose(hf, "auto", GPU_BATCH, usable(139)).mode == "none"  # ~45.5 GiB
+    assert me.choose(hf, "auto", GPU_BATCH, usable(24)).mode == "gpu"  # ~16.3 GiB
+    plan = me.choose(hf, "auto", GPU_BATCH, usable(16))  # 16.3 > 14.4: split once
+    assert (plan.mode, plan.batches, plan.fits) == ("gpu", (me.Batch(2, 8, 2048),), True)
 
 
 def test_odd_micro_batches_split_by_their_smallest_factor() -> None:
-    plan = mp.choose(setup_7b("unsloth", True), "auto", (mp.Batch(6, 2, 2048),), usable(8))
-    assert plan.batches == (mp.Batch(1, 12, 2048),)
-    plan = mp.choose(setup_7b("unsloth", True), "auto", (mp.Batch(6, 2, 2048),), usable(9))
-    assert plan.batches == (mp.Batch(3, 4, 2048),) and plan.mode == "offload"
+    plan = me.choose(setup_7b("unsloth", True), "auto", (me.Batch(6, 2, 2048),), usable(8))
+    assert plan.batches == (me.Batch(1, 12, 2048),)
+    plan = me.choose(setup_7b("unsloth", True), "auto", (me.Batch(6, 2, 2048),), usable(9))
+    assert plan.batches == (me.Batch(3, 4, 2048),) and plan.mode == "offload"
 
 
 # ------------------------------------------------------------------------ resolve
@@ -322,10 +323,10 @@ def test_dims_come_from_the_text_config_of_a_multimodal_config() -> None:
         num_key_value_heads=2,
         tie_word_embeddings=True,
     )
-    dims = mp.dims_from_config(SimpleNamespace(text_config=text, vision_config=object()))
+    dims = me.dims_from_config(SimpleNamespace(text_config=text, vision_config=object()))
     assert dims.num_hidden_layers == 36 and dims.head_dim == 128 and dims.tie_word_embeddings
     with pytest.raises(ValueError, match="intermediate_size"):
-        mp.dims_from_config(SimpleNamespace(hidden_size=8, num_hidden_layers=1, vocab_size=9))
+        me.dims_from_config(SimpleNamespace(hidden_size=8, num_hidden_layers=1, vocab_size=9))
 
 
 def test_the_shipped_profiles_plan_every_text_stage() -> None:

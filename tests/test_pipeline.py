@@ -57,7 +57,7 @@ def test_gsm8k_and_car_insurance_beat_their_bases(clone: Path) -> None:
     assert gsm8k["tuned"]["format_strict"] > gsm8k["base"]["format_strict"] + 50
     # car_insurance: the tuned model answers in the trained format. Whether the 1.4M-parameter
     # smoke VL model also reads the digits better than its base depends on the training seed
-    # and on the CPU's floating point (README, "What the smoke profile gives": CER 0.39-0.90
+    # and on the CPU's floating point (docs/results.md, the smoke profile: CER 0.39-0.90
     # across seeds against the base's 0.54), so that is reported, not asserted here.
     car = json.loads((clone / "reports/metrics/evaluate/car_insurance.json").read_text())
     assert car["tuned"]["format_compliance"] > car["base"]["format_compliance"] + 50

@@ -68,7 +68,7 @@ def _train(method: str, tiny_base: Path, pairs: Path, work: Path, **updates: obj
     try:
         return train_preference(
             method, params, "hf", tiny_base, pairs, work / "adapter", work / "live"
-        )
+        ).card
     finally:
         os.chdir(cwd)
 
@@ -79,7 +79,7 @@ def test_dpo_reference_is_the_base_with_the_adapter_disabled(tiny_base: Path, pa
     from transformers import AutoModelForCausalLM
 
     from tunelab.io import read_jsonl
-    from tunelab.training.preference import build_trainer, load_model
+    from tunelab.training.preference import load_model, preference_config, trainer_kwargs
 
     params = section(
         "train_pref.dpo",
@@ -91,15 +91,9 @@ def test_dpo_reference_is_the_base_with_the_adapter_disabled(tiny_base: Path, pa
     )
     model, tokenizer, peft_config = load_model(params, "hf", str(tiny_base), None)
     assert peft_config is not None  # TRL wraps the base itself
-    trainer = build_trainer(
-        params,
-        model,
-        tokenizer,
-        peft_config,
-        read_jsonl(pairs / "train.jsonl")[:8],
-        pairs.parent / "dpo-ckpt",
-        [],
-    )
+    records = read_jsonl(pairs / "train.jsonl")[:8]
+    trainer_cls, kwargs = trainer_kwargs(params, model, tokenizer, peft_config, records)
+    trainer = trainer_cls(args=preference_config(params, pairs.parent / "dpo-ckpt"), **kwargs)
     peft_model = trainer.model
     assert trainer.ref_model is None
     assert list(peft_model.peft_config) == ["default"]

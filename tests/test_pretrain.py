@@ -12,13 +12,13 @@ import torch
 import yaml
 
 from tunelab.data.domain_text import prepare_domain_text, read_documents
-from tunelab.data.samples import MEDICAL, _medical_answer
 from tunelab.errors import TunelabError
+from tunelab.samples.facts import MEDICAL, medical_answer
 
 from .conftest import GIT, ROOT, section, sh
 
 _DEPT, _SYMPTOM, _CAUSE, _ADVICE = MEDICAL[0]  # the stomach ache
-HELD_OUT_ANSWER = _medical_answer(_CAUSE, _SYMPTOM, _ADVICE)
+HELD_OUT_ANSWER = medical_answer(_CAUSE, _SYMPTOM, _ADVICE)
 
 
 def _sft_val(path: Path) -> Path:
@@ -99,9 +99,10 @@ def pretrained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        run_card, model, tok = train_pretrain(
+        trained = train_pretrain(
             "medical", params, "hf", tiny_base, work / "data", work / "adapter", work / "live"
         )
+        run_card, model, tok = trained.card, trained.model, trained.processor
     finally:
         os.chdir(cwd)
     model.eval()
@@ -174,7 +175,7 @@ def test_sft_continues_the_pretrained_adapter(
             tmp_path / "sft",
             tmp_path / "live",
             init_adapter=adapter,
-        )
+        ).card
         with pytest.raises(TunelabError, match=r"train.alpaca.lora.r: 8, but the starting"):
             train_sft(
                 "alpaca",

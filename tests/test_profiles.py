@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from tunelab.config import load_params
+from tunelab.config.profiles import apply_profile, leaves
 from tunelab.errors import TunelabError
-from tunelab.profiles import apply_profile, leaves
 
 from .conftest import ROOT, run_module
 
@@ -111,7 +111,7 @@ def test_small_and_large_floats_stay_floats_for_yaml_1_1_readers(tmp_path: Path)
 
 
 def test_gpu_check_overlay_changes_only_keys_the_gpu_profile_sets(tmp_path: Path) -> None:
-    """bench/gpu_pipeline.py applies gpu, then gpu-check: paths, data, steps, caps, vLLM off."""
+    """`tunelab gpu-check` applies gpu, then gpu-check: paths, data, steps, caps, vLLM off."""
     flat_check, flat_gpu = leaves(overlay("gpu-check")), leaves(overlay("gpu"))
     assert set(flat_check) <= set(flat_gpu)  # so `tunelab profile smoke` restores them all
     allowed = re.compile(

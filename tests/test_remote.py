@@ -26,6 +26,8 @@ import pytest
 from .conftest import ROOT
 from .servers import openssh, rclone_s3
 
+pytestmark = pytest.mark.slow  # starts S3 and SSH servers on 127.0.0.1
+
 DVC_YAML = """\
 stages:
   base:

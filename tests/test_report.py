@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.report import cell, discover, write_report
+from tunelab.report import write_report
+from tunelab.report.discover import discover
+from tunelab.report.tables import cell
 
 from .browser import find_chromium, open_page
 from .conftest import ROOT, run_module, section

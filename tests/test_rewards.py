@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunelab.data.gsm8k import normalize_number
-from tunelab.rewards import Scorer, completion_text, reward_functions
+from tunelab.training.rewards import Scorer, completion_text, reward_functions
 
 from .conftest import section
 

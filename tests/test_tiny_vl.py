@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunelab.data.odometer import render_odometer
 from tunelab.models.tiny_vl import VL_CHAT_TEMPLATE, digit_token_ids
+from tunelab.samples.odometer import render_odometer
 
 from .conftest import section
 

@@ -137,6 +137,7 @@ def test_auto_checkpointing_plans_memory_then_trains(
     """gradient_checkpointing auto on the CPU: the plan's choice is trained and carded."""
     from transformers import TrainerCallback
 
+    from tunelab.training import memory_estimate as me
     from tunelab.training import memory_plan as mp
 
     monkeypatch.chdir(tmp_path)
@@ -151,7 +152,9 @@ def test_auto_checkpointing_plans_memory_then_trains(
 
     def train(params, name: str) -> dict:  # noqa: ANN001
         out, live = tmp_path / name / "adapter", tmp_path / name / "live"
-        return train_sft("alpaca", params, "hf", tiny_base, prepared, out, live, [Checkpointing()])
+        return train_sft(
+            "alpaca", params, "hf", tiny_base, prepared, out, live, [Checkpointing()]
+        ).card
 
     card = train(params, "a")
     plan = card["memory_plan"]
@@ -162,7 +165,7 @@ def test_auto_checkpointing_plans_memory_then_trains(
     assert card["params"]["model"]["gradient_checkpointing"] is False and seen == [False]
 
     # a budget with room for checkpoints on the GPU at half the micro-batch only
-    setup = mp.Setup(
+    setup = me.Setup(
         mp.read_dims(str(tiny_base), None, False),
         "hf",
         False,
@@ -172,8 +175,8 @@ def test_auto_checkpointing_plans_memory_then_trains(
         params.optim.optim,
     )
     row = params.data.max_length
-    low, high = mp.estimate_gib(setup, 4 * row, "gpu"), mp.estimate_gib(setup, 4 * row, "none")
-    high = min(high, mp.estimate_gib(setup, 8 * row, "gpu"))
+    low, high = me.estimate_gib(setup, 4 * row, "gpu"), me.estimate_gib(setup, 4 * row, "none")
+    high = min(high, me.estimate_gib(setup, 8 * row, "gpu"))
     budget = (low + high) / 2 / (1 - params.model.memory_headroom)
     params = section(
         "train.alpaca",

@@ -113,7 +113,7 @@ def test_bench_uses_the_gpu_profile_with_its_overrides_only() -> None:
 
 
 def test_bench_variant_setups_validate_on_the_gpu_profile() -> None:
-    """One setup per LoRA variant (issue 19); each is a valid train.alpaca on the gpu profile."""
+    """One setup per LoRA variant; each is a valid train.alpaca on the gpu profile."""
     bench = _bench()
     assert set(bench.VARIANT_SETUPS) == {
         "tunelab_gpu_dora",
@@ -164,7 +164,7 @@ def test_bench_loss_agreement_and_targets_read_the_figures() -> None:
     assert t["ge_10x_hf_seed"]
 
 
-def test_bench_issue16_setups_are_the_profile_with_one_change() -> None:
+def test_bench_default_setups_are_the_profile_with_one_change() -> None:
     bench = _bench()
     gpu = bench.tunelab_params(bench.SETUPS["tunelab_gpu"][1], 5, False)
     auto = bench.tunelab_params(bench.SETUPS["tunelab_auto"][1], 5, False)

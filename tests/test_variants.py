@@ -112,7 +112,7 @@ def train_variant(
             work / "adapter",
             work / "live",
             extra_callbacks=callbacks,
-        )
+        ).card
     finally:
         os.chdir(cwd)
 
@@ -166,7 +166,7 @@ def test_variant_trains_and_its_adapter_is_the_trained_model(
     """evaluate's loading (base + adapter) and a float32 merge both give the trained logits."""
     from transformers import AutoModelForCausalLM
 
-    from tunelab.export import export_adapter
+    from tunelab.export.merge import export_adapter
     from tunelab.models.loading import load_adapter, load_causal_lm
 
     run = runs[name]
@@ -206,7 +206,7 @@ def test_bf16_export_of_dora_and_pissa_matches_base_plus_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tunelab.export import export_adapter
+    from tunelab.export.merge import export_adapter
 
     export_adapter(runs[name]["adapter"], tmp_path / "m", section("export.merge"), log=print)
     merged_model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
@@ -236,7 +236,7 @@ def test_svd_spectra_of_the_variants(runs: dict, tiny_base: Path, tmp_path: Path
     """DoRA's ΔW equals what PEFT's merge adds; PiSSA's converted ΔW has rank <= 2r."""
     from safetensors.torch import load_file
 
-    from tunelab.export import export_adapter
+    from tunelab.export.merge import export_adapter
     from tunelab.lowrank import svd as lsvd
     from tunelab.models.loading import resolve_base
 
@@ -341,6 +341,47 @@ def test_unsupported_combinations_name_both_keys(
     assert message in text, text
 
 
+@pytest.mark.parametrize(
+    ("section", "overrides", "refused"),
+    [
+        # PiSSA / OLoRA train on a residual base: refused where "adapter off" is the base
+        ("pretrain.medical", {"lora": {"init": "pissa"}}, "the pretrain recipe"),
+        ("train_pref.dpo", {"lora": {"init": "olora"}}, "the dpo recipe"),
+        ("train_pref.orpo", {"lora": {"init": "pissa"}}, None),  # no reference: it runs
+        ("train.gsm8k", {"lora": {"init": "pissa"}}, None),  # its KL reference is a copy
+        # LoRA+ runs in every recipe, unless another rule builds the optimizer's groups
+        ("train_pref.dpo", {"optim": {"loraplus_lr_ratio": 16.0}}, None),
+        ("pretrain.medical", {"optim": {"loraplus_lr_ratio": 16.0}}, "embedding_learning_rate"),
+        (
+            "pretrain.medical",
+            {
+                "optim": {"loraplus_lr_ratio": 16.0, "embedding_learning_rate": None},
+                "lora": {"modules_to_save": []},
+            },
+            None,
+        ),
+    ],
+)
+def test_one_variant_rule_for_every_recipe(
+    tmp_path: Path, section: str, overrides: dict, refused: str | None
+) -> None:
+    data = params_dict()
+    node = data
+    for part in section.split("."):
+        node = node[part]
+    for block, values in overrides.items():
+        node[block] |= values
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    if refused is None:
+        load_section(section, params)
+        return
+    with pytest.raises(TunelabError) as err:
+        load_section(section, params)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{params}: {section}.") and refused in text
+
+
 def test_the_train_stage_stops_on_a_conflict_before_loading(tmp_path: Path) -> None:
     data = params_dict()
     data["train"]["car_insurance"]["lora"]["init"] = "olora"
@@ -400,6 +441,7 @@ def test_grpo_with_pissa_loraplus_and_a_kl_reference(tiny_base: Path, tmp_path: 
     os.chdir(tmp_path)
     try:
         card = train_grpo(
+            "gsm8k",
             params,
             "hf",
             tiny_base,
@@ -407,7 +449,7 @@ def test_grpo_with_pissa_loraplus_and_a_kl_reference(tiny_base: Path, tmp_path: 
             tmp_path / "adapter",
             tmp_path / "live",
             extra_callbacks=[capture.callback()],
-        )
+        ).card
     finally:
         os.chdir(cwd)
     assert card["lora_variant"]["label"] == "PiSSA + LoRA+ x16"
@@ -459,7 +501,7 @@ def test_vl_with_olora_rslora_loraplus(tiny_vl_base: Path, tmp_path: Path, monke
         tmp_path / "adapter",
         tmp_path / "live",
         extra_callbacks=[capture.callback()],
-    )
+    ).card
     assert run["lora_variant"]["label"] == "rsLoRA + OLoRA + LoRA+ x16"
     assert run["lora_variant"]["saved_r"] == 2 * params.lora.r
     assert "pixel_values" in capture.batch

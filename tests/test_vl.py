@@ -93,7 +93,7 @@ def test_few_vl_lora_steps_then_evaluate(tiny_vl_base: Path, tmp_path: Path, mon
     )
     run = train_vl(
         "car_insurance", params, "hf", tiny_vl_base, data, tmp_path / "adapter", tmp_path / "live"
-    )
+    ).card
     adapter = tmp_path / "adapter"
     assert run["train"]["global_step"] == 3 and run["backend"] == "hf"
     assert run["train"]["first_logged_loss"] > 0
@@ -127,7 +127,7 @@ import sys, types
 import unsloth  # noqa: F401  (unsloth_zoo refuses to import without it)
 from unsloth_zoo.temporary_patches.misc import patch_qwen2vl_image_processor_pixel_attrs
 from transformers import Qwen2VLImageProcessor
-from tunelab.config import PixelBoundsParams
+from tunelab.config.base import PixelBoundsParams
 from tunelab.training.vl import set_image_bounds
 
 patch_qwen2vl_image_processor_pixel_attrs()  # what importing unsloth does on a GPU

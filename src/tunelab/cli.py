@@ -6,6 +6,7 @@ tunelab compare REV_A REV_B   params and metric deltas of two revisions (markdow
 tunelab variants SCENARIO     the LoRA-variants table over HEAD and its experiments
 tunelab export SCENARIO       merge adapters/SCENARIO into its base: a plain HF model,
                               or (--format gguf) one .gguf file and an Ollama Modelfile
+tunelab gpu-check --out F     every stage of the gpu profile on this GPU, in a scratch copy
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from tunelab.config import GGUF_QUANTS
+from tunelab.config.outputs import GGUF_QUANTS
 from tunelab.errors import TunelabError
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from tunelab.profiles import apply_profile
+    from tunelab.config.profiles import apply_profile
 
     changed = apply_profile(args.name, Path(args.params))
     print(
@@ -65,7 +66,7 @@ def cmd_variants(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from tunelab.config import load_section
-    from tunelab.gguf_export import check_quant, check_trained_base
+    from tunelab.export.gguf import check_quant, check_trained_base
 
     output = load_section("export.output", Path(args.params))
     fmt = args.format or output.format
@@ -78,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     adapter = Path(args.adapter) if args.adapter else Path("adapters") / args.scenario
     check_trained_base(adapter)
     if fmt == "gguf":
-        from tunelab.gguf_export import export_gguf
+        from tunelab.export.gguf import export_gguf
 
         name = f"{args.scenario}-{quant}"
         out = Path(args.out) if args.out else Path("exports") / name
@@ -89,7 +90,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"Ollama: ollama create tunelab-{args.scenario} -f {out / 'Modelfile'}"
         )
         return
-    from tunelab.export import export_adapter
+    from tunelab.export.merge import export_adapter
 
     out = Path(args.out) if args.out else Path("exports") / args.scenario
     card = export_adapter(adapter, out, params)
@@ -97,6 +98,12 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"export {args.scenario}: {card['parameters']:,} parameters ({card['dtype']}) "
         f"written to {out}"
     )
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> None:
+    from tunelab.gpu_check import run_check
+
+    sys.exit(run_check(args, args.argv))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,7 +156,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_export)
+    from tunelab.gpu_check import __doc__ as check_doc
+    from tunelab.gpu_check import add_arguments
+
+    p = sub.add_parser(
+        "gpu-check",
+        help="run every stage of the gpu profile on this GPU (random-weight bases)",
+        description=check_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=cmd_gpu_check)
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])[1:]  # after the command
     try:
         args.func(args)
     except TunelabError as err:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.report import VARIANTS_NOTE, _is_number, _num, table, variant_row, variants_table
+from tunelab.report.sections import VARIANTS_NOTE, variant_row, variants_table
+from tunelab.report.tables import is_number, num, table
 
 
 def dvc_json(args: list[str], cwd: Path) -> dict[str, Any]:
@@ -66,15 +67,15 @@ def compare(rev_a: str, rev_b: str, cwd: Path = Path("."), all_metrics: bool = F
         for key, change in sorted(changes.items()):
             old, new = change.get("old"), change.get("new")
             delta = change.get("diff")
-            if delta is None and _is_number(old) and _is_number(new):
+            if delta is None and is_number(old) and is_number(new):
                 delta = new - old
             rel = (
                 f"{100 * delta / abs(old):+.1f}%"
-                if _is_number(delta) and _is_number(old) and old != 0
+                if is_number(delta) and is_number(old) and old != 0
                 else "–"
             )
             rows.append(
-                [path, key, old, new, f"{delta:+.4g}" if _is_number(delta) else _num(delta), rel]
+                [path, key, old, new, f"{delta:+.4g}" if is_number(delta) else num(delta), rel]
             )
     what = "Metrics" if all_metrics else "Metrics that changed"
     out.append(f"### {what} ({len(rows)})\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import AlpacaPrepareParams, InstructionFieldsParams
+from tunelab.config.prepare import AlpacaPrepareParams, InstructionFieldsParams
 from tunelab.data.common import DataCard, chat_record, keep_unique
 from tunelab.data.text import load_records, read_utf8
 from tunelab.errors import TunelabError

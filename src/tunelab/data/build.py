@@ -1,38 +1,19 @@
-"""Every prepare scenario behind one interface: its input paths, build (read and check, in
-memory) and write. stages.prepare builds and writes; stages.check only builds, so that a
-bad input stops `dvc repro` before DVC deletes anything (see stages/check.py).
+"""Every prepare scenario behind one interface: build (read and check, in memory) and write.
+
+stages.prepare builds and writes; stages.check only builds, so that a bad input stops
+`dvc repro` before DVC deletes anything (see stages/check.py). Which loader reads which
+scenario is tunelab.scenarios' registry.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunelab.data.common import split_records, write_splits
 from tunelab.errors import TunelabError
-
-BUILDERS = {
-    "alpaca": "tunelab.data.alpaca:prepare_alpaca",
-    "medical": "tunelab.data.medical:prepare_medical",
-    "legal": "tunelab.data.legal:prepare_legal",
-    "car_insurance": "tunelab.data.car_insurance:prepare_car_insurance",  # + images/
-    "gsm8k": "tunelab.data.gsm8k:build_gsm8k",  # its own train and test files
-    "preference": "tunelab.data.preference:prepare_preference",  # + the rejected answers
-}
-SCENARIOS = tuple(BUILDERS)
-
-# The params keys naming each scenario's inputs: dvc.yaml lists the same keys as the
-# DVC dependencies of prepare@<scenario> and of check (tests/test_bad_inputs.py compares).
-INPUT_KEYS = {
-    "alpaca": ("source",),
-    "medical": ("source",),
-    "legal": ("exam_source", "counsel_source"),
-    "gsm8k": ("train_source", "test_source"),
-    "car_insurance": ("source", "image_dir"),
-    "preference": ("source",),
-}
 
 
 @dataclass
@@ -45,19 +26,16 @@ class Prepared:
     files: dict[str, bytes] = field(default_factory=dict)
 
 
-def input_paths(scenario: str, params: Any) -> list[Path]:
-    """The files and folders the scenario's params name as its inputs."""
-    return [Path(getattr(params, key)) for key in INPUT_KEYS[scenario]]
-
-
-def build(scenario: str, params: Any) -> Prepared:
-    """Read and check a scenario's raw inputs and build its records (in memory)."""
-    module, func = BUILDERS[scenario].split(":")
-    builder = getattr(importlib.import_module(module), func)
-    if scenario == "gsm8k":
-        train, test, card = builder(params)
-        return Prepared(scenario, {"train": train, "test": test}, card)
-    records, card = builder(params)
+def build_prepared(
+    scenario: str, loader: Callable[[Any], Any], params: Any, splits: tuple[str, str]
+) -> Prepared:
+    """Read and check a scenario's raw inputs with its ``loader`` and split the records (in
+    memory). ``splits`` other than (train, val): the source ships its own (GSM8K's train
+    and test files), which the loader returns as they are."""
+    if splits != ("train", "val"):
+        first, second, card = loader(params)
+        return Prepared(scenario, dict(zip(splits, (first, second), strict=True)), card)
+    records, card = loader(params)
     if len(records) < 2:
         raise TunelabError(
             f"prepare.{scenario}",

@@ -40,7 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import CarInsurancePrepareParams, ImageCheckParams
+from tunelab.config.prepare import CarInsurancePrepareParams, ImageCheckParams
 from tunelab.data.common import DataCard
 from tunelab.errors import TunelabError
 
@@ -185,19 +185,15 @@ def uncomputed_formulas(path: Path, title: str, cells: set[tuple[int, int]]) -> 
         wb.close()
 
 
-def prepare_car_insurance(
-    params: CarInsurancePrepareParams,
-) -> tuple[list[dict[str, Any]], DataCard]:
-    """Read and validate the workbook; return VL chat records and the data card.
+def sheet_rows(
+    source: Path, params: CarInsurancePrepareParams
+) -> tuple[Any, dict[str, int], dict[int, dict[str, Any]], dict[int, bytes]]:
+    """(sheet, column index by key, raw cells by row number, embedded pictures by row).
 
-    The resized PNG images ride in ``card.files`` (relative path -> bytes) and
-    are written next to the records by ``write_prepared``.
+    Rows run to the last row with a value or an anchored picture; a missing column is
+    refused in one line that names the sheet and its header.
     """
-    from openpyxl.utils import get_column_letter
-
-    source = Path(params.source)
     ws = open_sheet(source, params.sheet)
-    folder = Path(params.image_dir)
     header = [_text(c.value) for c in next(ws.iter_rows(min_row=1, max_row=1))]
     cols = params.columns
     wanted = (("image", cols.image), ("prompt", cols.prompt), ("answer", cols.answer))
@@ -210,17 +206,89 @@ def prepare_car_insurance(
         )
     index = {key: header.index(name) for key, name in wanted}
     pictures = embedded_pictures(ws)
+    last_row = max([ws.max_row, *pictures]) if pictures else ws.max_row
+    rows = {}
+    for row_no in range(2, last_row + 1):
+        cells = [c.value for c in ws[row_no]] if row_no <= ws.max_row else []
+        rows[row_no] = {k: cells[i] if i < len(cells) else None for k, i in index.items()}
+    return ws, index, rows, pictures
+
+
+def row_image(
+    value: dict[str, str],
+    picture: bytes | None,
+    pending: list[tuple[str, tuple[int, int]]],
+    formulas: dict[tuple[int, int], str],
+    params: CarInsurancePrepareParams,
+) -> tuple[Any, tuple[int, int], str]:
+    """(the bounded image, its source size, where it came from) for one row, or BadRow."""
+    from openpyxl.utils import get_column_letter
+
+    if pending:
+        key, (r, c) = pending[0]
+        raise BadRow(
+            "uncomputed_formula",
+            f"{getattr(params.columns, key)!r} cell {get_column_letter(c)}{r}: {formulas[(r, c)]}",
+        )
+    if not value["answer"]:
+        raise BadRow("empty_answer", "")
+    if value["image"]:
+        data = resolve_inside(Path(params.image_dir), value["image"]).read_bytes()
+        origin = value["image"]
+    elif picture is not None:
+        data, origin = picture, "embedded picture"
+    else:
+        raise BadRow("missing_image", "no path and no embedded picture")
+    try:
+        image, size = load_image(data, params.image)
+    except BadRow as bad:
+        raise BadRow(bad.reason, f"{bad.detail}; {origin}" if bad.detail else origin) from None
+    return image, size, origin
+
+
+def vl_record(
+    value: dict[str, str],
+    rel: str,
+    row_no: int,
+    image: Any,
+    size: tuple,
+    origin: str,
+    params: CarInsurancePrepareParams,
+) -> dict[str, Any]:
+    """The chat record of one row: system prompt, the user's text and image, the answer."""
+    messages: list[dict[str, Any]] = (
+        [{"role": "system", "content": params.system_prompt}] if params.system_prompt else []
+    )
+    prompt = value["prompt"] or params.default_prompt
+    messages += [
+        {"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image"}]},
+        {"role": "assistant", "content": value["answer"]},
+    ]
+    meta = {
+        "row": row_no,
+        "image_source": origin,
+        "source_size": list(size),
+        "size": list(image.size),
+    }
+    return {"messages": messages, "images": [rel], "meta": meta}
+
+
+def prepare_car_insurance(
+    params: CarInsurancePrepareParams,
+) -> tuple[list[dict[str, Any]], DataCard]:
+    """Read and validate the workbook; return VL chat records and the data card.
+
+    The resized PNG images ride in ``card.files`` (relative path -> bytes) and
+    are written next to the records by ``write_prepared``.
+    """
+    source = Path(params.source)
+    ws, index, rows, pictures = sheet_rows(source, params)
     card = DataCard("car_insurance", [str(source)])
     src = str(source)
     card.add_input(src, encoding="xlsx", how="Office Open XML workbook (text is UTF-8 XML)")
     records: list[dict[str, Any]] = []
     from_picture = 0
     sizes_in: list[int] = []
-    last_row = max([ws.max_row, *pictures]) if pictures else ws.max_row
-    rows = {}
-    for row_no in range(2, last_row + 1):
-        cells = [c.value for c in ws[row_no]] if row_no <= ws.max_row else []
-        rows[row_no] = {k: cells[i] if i < len(cells) else None for k, i in index.items()}
     empty = {
         (r, index[k] + 1)
         for r, v in rows.items()
@@ -236,27 +304,7 @@ def prepare_car_insurance(
             continue  # a blank row
         card.read_row(src)
         try:
-            if pending:
-                key, (r, c) = pending[0]
-                raise BadRow(
-                    "uncomputed_formula",
-                    f"{getattr(cols, key)!r} cell {get_column_letter(c)}{r}: {formulas[(r, c)]}",
-                )
-            if not value["answer"]:
-                raise BadRow("empty_answer", "")
-            if value["image"]:
-                data = resolve_inside(folder, value["image"]).read_bytes()
-                origin = value["image"]
-            elif picture is not None:
-                data, origin = picture, "embedded picture"
-            else:
-                raise BadRow("missing_image", "no path and no embedded picture")
-            try:
-                image, size = load_image(data, params.image)
-            except BadRow as bad:
-                raise BadRow(
-                    bad.reason, f"{bad.detail}; {origin}" if bad.detail else origin
-                ) from None
+            image, size, origin = row_image(value, picture, pending, formulas, params)
         except BadRow as bad:
             if params.strict:
                 raise TunelabError(f"{source} row {row_no}", str(bad)) from None
@@ -268,26 +316,7 @@ def prepare_car_insurance(
         image.save(buf, format="PNG")
         card.files[rel] = buf.getvalue()
         sizes_in.append(size[0] * size[1])
-        messages: list[dict[str, Any]] = (
-            [{"role": "system", "content": params.system_prompt}] if params.system_prompt else []
-        )
-        prompt = value["prompt"] or params.default_prompt
-        messages += [
-            {"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image"}]},
-            {"role": "assistant", "content": value["answer"]},
-        ]
-        records.append(
-            {
-                "messages": messages,
-                "images": [rel],
-                "meta": {
-                    "row": row_no,
-                    "image_source": origin,
-                    "source_size": list(size),
-                    "size": list(image.size),
-                },
-            }
-        )
+        records.append(vl_record(value, rel, row_no, image, size, origin, params))
     card.extra["images"] = {
         "from_path": len(records) - from_picture,
         "from_embedded_picture": from_picture,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import SplitParams
+from tunelab.config.prepare import SplitParams
 from tunelab.data.text import Decoded, clean_text
 from tunelab.io import atomic_dir, dump_json, write_jsonl
 

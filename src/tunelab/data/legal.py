@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import LegalPrepareParams
+from tunelab.config.prepare import LegalPrepareParams
 from tunelab.data.alpaca import check_fields
 from tunelab.data.common import DataCard, chat_record, keep_unique
 from tunelab.data.text import load_records, read_utf8

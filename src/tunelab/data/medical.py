@@ -23,7 +23,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import MedicalColumnsParams, MedicalPrepareParams
+from tunelab.config.prepare import MedicalColumnsParams, MedicalPrepareParams
 from tunelab.data.common import DataCard, chat_record, keep_unique
 from tunelab.data.text import Decoded, decode_bytes
 from tunelab.errors import TunelabError

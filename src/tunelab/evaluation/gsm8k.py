@@ -12,7 +12,7 @@ training system prompt as system instruction, the generation length cap.
 
 Both models run through lm-eval's ``hf`` model with the same tokenizer (the
 base's), prompts, decoding and seeds; the tuned one adds ``peft=<adapter>``.
-The project's scorer (tunelab.rewards.Scorer, the same code as the GRPO
+The project's scorer (tunelab.training.rewards.Scorer, the same code as the GRPO
 rewards) then reads lm-eval's logged generations for ``answer_accuracy``
 (number in the only ``<answer>`` pair equals the target) and format compliance
 (``format_strict``, ``format_soft``). A model trained on the ``<answer>``
@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import GSM8KEvaluateParams
+from tunelab.config.gsm8k import GSM8KEvaluateParams
 from tunelab.errors import TunelabError
 
 TASK = "tunelab_gsm8k"
@@ -79,14 +79,14 @@ def lm_class(params: GSM8KEvaluateParams) -> type:
     left-padded, sorted by length) with lm-eval's own stop-string criteria. The
     continuous engine takes all of a task's requests in one call (lm-eval's batch is
     widened to them; ``batch_size`` is then the engine's slots, refilled as rows end)
-    with the same stop check (generation.engine.stop_strings). The result is shaped as
+    with the same stop check (tunelab.generation.stop_strings). The result is shaped as
     ``HFLM._model_generate`` returns it (context + new tokens, pad after the end).
     """
     from lm_eval.models.huggingface import HFLM
     from lm_eval.models.utils_hf import stop_sequences_criteria
 
     from tunelab.generation import generate_new_tokens, is_fast, resolve_engine
-    from tunelab.generation.engine import stop_strings
+    from tunelab.generation.stops import stop_strings
 
     class CompiledHFLM(HFLM):
         def generate_until(self, requests, disable_tqdm: bool = False):
@@ -218,7 +218,7 @@ def evaluate_gsm8k(
 
     from tunelab.io import read_jsonl
     from tunelab.models.loading import resolve_base
-    from tunelab.rewards import Scorer
+    from tunelab.training.rewards import Scorer
 
     train_file, test_file = data_dir / "train.jsonl", data_dir / "test.jsonl"
     head = read_jsonl(test_file)[:1] if test_file.is_file() else []

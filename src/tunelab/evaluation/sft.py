@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import DecodingParams, GenerationEngineParams, SFTEvaluateParams
+from tunelab.config.evaluate import DecodingParams, GenerationEngineParams, SFTEvaluateParams
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]|[^\W_]+", re.UNICODE)
 
@@ -265,3 +265,15 @@ def base_vs_tuned(
         for r, b, t in zip(records, outputs["base"], outputs["tuned"], strict=True)
     ]
     return metrics, generations
+
+
+def evaluate_sft(
+    params: SFTEvaluateParams, base_dir: Path, adapter_dir: Path, data_dir: Path
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """A text scenario's held-out records (the first max_samples of val.jsonl), base versus
+    tuned: the metrics file and the side-by-side generations."""
+    from tunelab.io import read_jsonl
+
+    records = read_jsonl(Path(data_dir) / "val.jsonl")[: params.max_samples]
+    results, outputs = evaluate_text(params, base_dir, adapter_dir, records)
+    return base_vs_tuned(records, results, outputs)

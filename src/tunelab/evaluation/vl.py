@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tunelab.config import DecodingParams
+from tunelab.config.evaluate import DecodingParams
 
 _NUMBER = re.compile(r"\d[\d,，.\s]*\d|\d")
 
@@ -113,7 +113,7 @@ def evaluate_vl(
     from PIL import Image
     from transformers import set_seed
 
-    from tunelab import stage
+    from tunelab import provenance
     from tunelab.data.common import text_of
     from tunelab.io import read_jsonl
     from tunelab.models.loading import load_adapter, resolve_base
@@ -140,7 +140,7 @@ def evaluate_vl(
             model = load_adapter(model, adapter_dir)
             model.eval()
         set_seed(params.seed)
-        with stage.Timer() as timer:
+        with provenance.Timer() as timer:
             outputs[name] = generate_vl(
                 model, processor, prompts, images, params.decoding, params.batch_size
             )

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tunelab.config import TextBaseParams
+from tunelab.config.base import TextBaseParams
 from tunelab.models.chat import CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START
 
 # Qwen2's pre-tokenizer split (as in Qwen2Tokenizer): digits one at a time.

@@ -13,7 +13,7 @@ patch merging, M-RoPE, a Qwen2 language model) at about a million parameters:
    the corpus (``tiny.pretrain``), an alignment of the vision tower (each
    digit's image token is pushed towards that digit's token embedding), then
    an image-to-text pretraining of the language model on generated pictures
-   of six digits (plain cards and dashboards from ``tunelab.data.odometer``,
+   of six digits (plain cards and dashboards from ``tunelab.samples.odometer``,
    other seeds than the scenario's data) answered with the bare digits. This
    stands in for the pretraining a real VLM already had: the base reads
    digits somewhat, answers in its own bare format, and the scenario's LoRA
@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from tunelab.config import VisionBaseParams
+from tunelab.config.base import VisionBaseParams
 from tunelab.models.chat import END_OF_TEXT, IM_END
 
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
@@ -176,7 +176,7 @@ def align_vision(model: Any, processor: Any, params: VisionBaseParams, seed: int
     """
     from tqdm import tqdm
 
-    from tunelab.data.odometer import CELL, SLOTS
+    from tunelab.samples.odometer import CELL, SLOTS
 
     cfg = params.vl_align
     rng = random.Random(seed)
@@ -227,7 +227,7 @@ def _schedule(warmup: int, total: int) -> Any:
 
 def digit_image(text: str, rng: random.Random) -> Any:
     """Six digits drawn on a plain card or on a dashboard, half and half."""
-    from tunelab.data.odometer import plain_card, render_odometer
+    from tunelab.samples.odometer import plain_card, render_odometer
 
     return plain_card(text, rng) if rng.random() < 0.5 else render_odometer(int(text), rng)
 
@@ -292,8 +292,8 @@ def build_vision_base(params: VisionBaseParams, lines: list[str]) -> tuple[Any, 
     """
     from transformers import GenerationConfig, set_seed
 
-    from tunelab.data.odometer import PROMPTS, format_answer, random_mileage
     from tunelab.models.tiny import pack_blocks, pretrain
+    from tunelab.samples.odometer import PROMPTS, format_answer, random_mileage
 
     set_seed(params.seed)
     # The language model also reads sentences in the answer format (other

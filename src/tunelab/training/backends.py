@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import LoraParams, ModelLoadParams
+from tunelab.config.train import LoraParams, ModelLoadParams
 from tunelab.errors import TunelabError
 from tunelab.training.memory_plan import hf_checkpointing, unsloth_checkpointing
 from tunelab.training.variants import lora_kwargs

@@ -9,7 +9,7 @@ One LoRA adapter is trained in up to two phases:
    completion of a group gets the same reward and GRPO has nothing to learn
    from.
 2. GRPO: TRL's GRPOTrainer samples ``num_generations`` completions per prompt
-   and scores them with tunelab.rewards. With ``beta > 0`` TRL copies the
+   and scores them with tunelab.training.rewards. With ``beta > 0`` TRL copies the
    adapter into a frozen "ref" adapter at the start of GRPO, so the KL term is
    measured against the warm-up policy (or the base when there is no warm-up).
    Rollouts come from ``model.generate`` or, when ``vllm.use_vllm`` is set,
@@ -17,7 +17,7 @@ One LoRA adapter is trained in up to two phases:
    model is loaded with ``fast_inference`` and Unsloth drives vLLM itself.
 
 Checkpoints live under .tunelab/checkpoints/train/gsm8k with the params/data
-fingerprint (see tunelab.training.sft): ``warmup/`` and ``grpo/`` hold the
+fingerprint (see tunelab.training.run): ``warmup/`` and ``grpo/`` hold the
 trainers' checkpoints, ``warmup_adapter/`` the finished warm-up, so a rerun
 after a crash skips a completed warm-up and resumes GRPO from its newest
 checkpoint. Curves: the warm-up's dvclive run in ``<live_dir>/warmup``, GRPO's
@@ -34,28 +34,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import GRPOTrainParams, SFTTrainParams
+from tunelab.config.gsm8k import GRPOTrainParams
+from tunelab.config.train import SFTTrainParams
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, dump_json, read_jsonl
-from tunelab.training.sft import checkpoint_dir, fingerprint, sft_config, trainer_args
-from tunelab.training.variants import (
-    check_backend,
-    save_adapter,
-    save_initial,
-    variant_card,
-    with_loraplus,
-)
-
-SECTION = "train.gsm8k"
+from tunelab.io import atomic_dir, read_jsonl
+from tunelab.training.run import Trained, TrainingRun, trainer_args
+from tunelab.training.sft import sft_config
+from tunelab.training.variants import check_backend
 
 
-def check_vllm(params: GRPOTrainParams) -> None:
+def check_vllm(params: GRPOTrainParams, section: str) -> None:
     """Fail early, in one line, when vLLM rollouts are asked for but cannot run."""
     if not params.vllm.use_vllm:
         return
     if importlib.util.find_spec("vllm") is None:
         raise TunelabError(
-            f"{SECTION}.vllm.use_vllm",
+            f"{section}.vllm.use_vllm",
             "vLLM rollouts requested but vllm is not installed "
             "(install it on a CUDA machine, or set use_vllm: false)",
         )
@@ -63,7 +57,7 @@ def check_vllm(params: GRPOTrainParams) -> None:
 
     if not torch.cuda.is_available():
         raise TunelabError(
-            f"{SECTION}.vllm.use_vllm", "vLLM rollouts need a CUDA GPU; set use_vllm: false"
+            f"{section}.vllm.use_vllm", "vLLM rollouts need a CUDA GPU; set use_vllm: false"
         )
 
 
@@ -155,7 +149,7 @@ def rollout_trainer(params: GRPOTrainParams, backend: str) -> type:
 
     from tunelab.generation import DequantizedTwin, generate_new_tokens
 
-    class RolloutGRPOTrainer(with_loraplus(GRPOTrainer, params.grpo.optim.loraplus_lr_ratio)):
+    class RolloutGRPOTrainer(GRPOTrainer):
         _twin: DequantizedTwin | None = None
 
         def _generate_single_turn(
@@ -258,62 +252,57 @@ def rollout_memory(params: GRPOTrainParams, backend: str) -> tuple[float, bool]:
     return (v.gpu_memory_utilization if in_process else 0.0), twin
 
 
-def _resumable(folder: Path) -> bool:
-    return any(folder.glob("checkpoint-*"))
-
-
 def run_warmup(
-    model: Any,
-    tokenizer: Any,
-    params: GRPOTrainParams,
-    records: list[dict],
-    ckpt: Path,
-    live_dir: Path,
+    run: TrainingRun, model: Any, tokenizer: Any, params: GRPOTrainParams, records: list[dict]
 ) -> dict[str, Any]:
-    """SFT on the formatted references; the finished adapter is kept in ckpt/warmup_adapter."""
+    """SFT on the formatted references; the finished adapter is kept in ckpt/warmup_adapter,
+    so a rerun after a crash in GRPO loads it instead of training it again."""
     from datasets import Dataset
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
     from trl import SFTTrainer
 
-    from tunelab.training.live import live_callback
+    from tunelab.training.run import loss_summary
     from tunelab.training.runcard import trainer_settings
 
-    done = ckpt / "warmup_adapter"
+    done = run.ckpt / "warmup_adapter"
     if (done / "adapter_model.safetensors").is_file():
         set_peft_model_state_dict(model, load_file(str(done / "adapter_model.safetensors")))
         print(f"warm-up already done: loaded {done}")
         return {"skipped": "loaded from an earlier run's checkpoint"}
-    folder = ckpt / "warmup"
-    resumable = _resumable(folder)
+    folder = run.ckpt / "warmup"
     dataset = Dataset.from_list(
         [
             {"messages": [*r["prompt"], {"role": "assistant", "content": r["reference"]}]}
             for r in records
         ]
     )
-    callbacks, end_live = live_callback(live_dir, resumable)
-    trainer = with_loraplus(SFTTrainer, params.warmup.optim.loraplus_lr_ratio)(
+    trainer, result = run.train(
+        SFTTrainer,
+        sft_config(warmup_params(params), folder),
+        params.warmup.optim.loraplus_lr_ratio,
+        live_dir=run.live_dir / "warmup",
+        last=False,
         model=model,
-        args=sft_config(warmup_params(params), folder),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=callbacks,
     )
-    result = trainer.train(resume_from_checkpoint=True if resumable else None)
-    end_live()
     with atomic_dir(done) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     shutil.rmtree(folder, ignore_errors=True)
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    return {
-        "global_step": trainer.state.global_step,
-        "train_loss": round(result.training_loss, 4),
-        "first_logged_loss": history[0]["loss"] if history else None,
-        "last_logged_loss": history[-1]["loss"] if history else None,
+    return loss_summary(trainer, result) | {
         "rows": len(dataset),
         "trainer_args": trainer_settings(trainer.args),
     }
+
+
+def prepared_records(path: Path) -> list[dict[str, Any]]:
+    """The prepared gsm8k rows (prompt, target, reference), refused in one line otherwise."""
+    records = read_jsonl(path)
+    missing = [k for k in ("prompt", "target", "reference") if records and k not in records[0]]
+    if not records or missing:
+        raise TunelabError(str(path), f"not a prepared gsm8k file (missing {missing})")
+    return records
 
 
 def _summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -331,6 +320,7 @@ def _summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def train_grpo(
+    scenario: str,
     params: GRPOTrainParams,
     backend: str,
     base_dir: Path,
@@ -338,106 +328,60 @@ def train_grpo(
     out_dir: Path,
     live_dir: Path,
     extra_callbacks: list[Any] | None = None,
-) -> dict[str, Any]:
+) -> Trained:
     """Warm-up (optional) then GRPO; write the adapter, tokenizer and run card to out_dir.
 
     ``extra_callbacks`` are added to the GRPO trainer's (the tests read the trained model so).
     """
     from datasets import Dataset
-    from transformers import set_seed
 
-    from tunelab import stage
     from tunelab.models.chat import ensure_generation_template
-    from tunelab.models.loading import resolve_base
-    from tunelab.rewards import reward_functions
-    from tunelab.training.live import live_callback
-    from tunelab.training.memory_plan import measured_peak_gib, resolve
-    from tunelab.training.runcard import run_card, trainer_settings
+    from tunelab.training.rewards import reward_functions
 
-    check_vllm(params)
-    check_backend(SECTION, params.lora, backend, params.vllm.use_vllm)
-    inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
-    name_or_path, revision = resolve_base(base_dir)
+    section = f"train.{scenario}"
+    check_vllm(params, section)
+    check_backend(section, params.lora, backend, params.vllm.use_vllm)
+    records = prepared_records(data_dir / "train.jsonl")
+    dirs = (base_dir, data_dir, out_dir, live_dir)
+    run = TrainingRun(scenario, section, params, backend, *dirs, extra_callbacks)
     batches = {"grpo.optim": params.max_seq_length}  # a row: prompt + completion
     if params.warmup.enabled:
         batches["warmup.optim"] = params.warmup.data.max_length
     vllm_share, twin = rollout_memory(params, backend)
-    params, memory = resolve(
-        params,
-        SECTION,
-        name_or_path,
-        revision,
-        backend,
-        batches,
-        reserve_fraction=vllm_share,
-        dense_twin=twin,
+    params = run.setup(batches, reserve_fraction=vllm_share, dense_twin=twin)
+    run.start()
+    model, tokenizer = load_model(params, backend, run.name_or_path, run.revision)
+    # PiSSA / OLoRA: A, B as initialised; also keeps TRL's "ref" copy from re-running it
+    run.adapter_built(model)
+    warmup: dict[str, Any] = {"enabled": params.warmup.enabled}
+    replaced = False
+    if params.warmup.enabled:
+        replaced = params.warmup.data.assistant_only_loss and ensure_generation_template(
+            tokenizer, f"{run.name_or_path} chat template"
+        )
+        warmup |= run_warmup(run, model, tokenizer, params, records)
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "target": r["target"]} for r in records])
+    trainer, _ = run.train(
+        rollout_trainer(params, backend),
+        grpo_config(params, run.ckpt / "grpo"),
+        params.grpo.optim.loraplus_lr_ratio,
+        model=model,
+        reward_funcs=reward_functions(params.format, params.rewards),
+        train_dataset=dataset,
+        processing_class=tokenizer,
     )
-    fp = fingerprint(params, inputs)
-    ckpt, _ = checkpoint_dir("train", "gsm8k", fp)
-    records = read_jsonl(inputs["train"])
-    missing = [k for k in ("prompt", "target", "reference") if records and k not in records[0]]
-    if not records or missing:
-        raise TunelabError(str(inputs["train"]), f"not a prepared gsm8k file (missing {missing})")
-
-    with stage.Timer() as timer:
-        set_seed(params.seed)  # before the model and the adapter are built
-        model, tokenizer = load_model(params, backend, name_or_path, revision)
-        # PiSSA / OLoRA: A, B as initialised; also keeps TRL's "ref" copy from re-running it
-        initial = save_initial(model, params.lora, ckpt)
-        template_replaced = False
-        warmup: dict[str, Any] = {"enabled": params.warmup.enabled}
-        if params.warmup.enabled:
-            if params.warmup.data.assistant_only_loss:
-                template_replaced = ensure_generation_template(
-                    tokenizer, f"{name_or_path} chat template"
-                )
-            warmup |= run_warmup(model, tokenizer, params, records, ckpt, live_dir / "warmup")
-        folder = ckpt / "grpo"
-        resumable = _resumable(folder)
-        dataset = Dataset.from_list(
-            [{"prompt": r["prompt"], "target": r["target"]} for r in records]
-        )
-        callbacks, end_live = live_callback(live_dir, resumable)
-        trainer = rollout_trainer(params, backend)(
-            model=model,
-            reward_funcs=reward_functions(params.format, params.rewards),
-            args=grpo_config(params, folder),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[*callbacks, *(extra_callbacks or [])],
-        )
-        trainer.train(resume_from_checkpoint=True if resumable else None)
-        end_live()
-
-    card = run_card(
-        "gsm8k",
-        SECTION,
-        params,
-        inputs,
-        timer.seconds,
-        backend=backend,
-        base_model={"name_or_path": name_or_path, "revision": revision},
-        chat_template_replaced=template_replaced,
+    adapters = list(getattr(trainer.model, "peft_config", {}) or {})
+    return run.finish(
+        tokenizer,
+        # only the trained adapter: TRL adds a frozen "ref" copy when beta > 0
+        selected_adapters=["default"] if adapters else None,
+        chat_template_replaced=bool(replaced),
         warmup=warmup,
-        trainer_args=trainer_settings(trainer.args),
         grpo={
             "global_step": trainer.state.global_step,
             "rollout_engine": rollout_engine(params, backend, trainer.model),
-            "resumed": resumable,
+            "resumed": run.resumed,
             "prompts": len(dataset),
             "curves": _summary(trainer.state.log_history),
         },
-        memory_plan=memory | {"measured_peak_gib": measured_peak_gib()},
     )
-    peft_model = trainer.model
-    adapters = list(getattr(peft_model, "peft_config", {}) or {})
-    with atomic_dir(out_dir) as tmp:
-        # Only the trained adapter: TRL adds a frozen "ref" copy when beta > 0.
-        save_adapter(peft_model, tmp, initial, ["default"] if adapters else None)
-        tokenizer.save_pretrained(tmp)
-        card["lora_variant"] = variant_card(
-            peft_model, params.lora, params.grpo.optim, tmp, initial
-        )
-        dump_json(tmp / "run_card.json", card)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return card

@@ -41,7 +41,7 @@ def live_callback(live_dir: Path, resume: bool) -> tuple[list[Any], Callable[[],
             self.live.step = state.global_step
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
-    from tunelab.launch import is_main_process
+    from tunelab.training.launch import is_main_process
 
     if not is_main_process():
         return [], lambda: None

@@ -31,7 +31,8 @@ bound: micro-batch x max length x rows per example):
   offload: one layer's plus Unsloth's two transfer buffers of T x H;
 - logits and loss: ``LOGITS_BYTES[backend]`` x T x V; plus ``FIXED_GIB``.
 
-Calibration (H200, bench/NOTES.md and bench/results/sft_throughput_h200_run1.json:
+The estimate and the choice are tunelab.training.memory_estimate. Calibration (H200,
+docs/performance.md and bench/results/sft_throughput_h200_run1.json:
 Qwen2.5-7B shape, LoRA r=16 on all seven projections, T = 4 x 2048 = 8192 packed, peak
 allocated by torch): Unsloth 4-bit offload 7.45 GiB, Unsloth 4-bit no checkpointing
 36.5 GiB, hf (bitsandbytes 4-bit) gpu without Liger 16.0 GiB, hf bf16 gpu at
@@ -45,208 +46,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from tunelab.errors import TunelabError
-
-GIB = 2**30
-MODES = ("none", "gpu", "offload")  # fastest first
-NF4_BYTES = 0.53  # per 4-bit weight: NF4 (0.5) + double-quantised absmax per 64-block
-ACT_H, ACT_I = 5, 3  # a layer's activations per token: (5 H + 3 I) x itemsize (calibrated)
-# logits and loss per token x vocab: Unsloth's chunked cross-entropy never holds the full
-# fp32 logits; the hf backend holds bf16 logits and their fp32 upcast. Liger's fused loss
-# measured only 2 GiB below that (bench/NOTES.md), so hf keeps the figure with it too.
-LOGITS_BYTES = {"unsloth": 0.5, "hf": 6.0}
-FIXED_GIB = 1.0  # CUDA context, cuBLAS workspaces, allocator slack
-TRAINED_BYTES = 4 + 4  # fp32 weight + gradient per trained parameter (optimizer state apart)
-ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-@dataclass(frozen=True)
-class Dims:
-    """The shape of a decoder-only model, from its config."""
-
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int
-    vocab_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    tie_word_embeddings: bool
-
-
-def dims_from_config(config: Any) -> Dims:
-    """Dims of a transformers config (its ``text_config`` when it has one)."""
-    text = getattr(config, "text_config", None) or config
-    values = {}
-    for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"):
-        value = getattr(text, name, None)
-        if not isinstance(value, int):
-            raise ValueError(f"the model config has no {name}")
-        values[name] = value
-    heads = getattr(text, "num_attention_heads", None)
-    if not isinstance(heads, int):
-        raise ValueError("the model config has no num_attention_heads")
-    kv = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or values["hidden_size"] // heads
-    tied = getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False))
-    return Dims(
-        **values,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=head_dim,
-        tie_word_embeddings=bool(tied),
-    )
-
-
-def read_dims(name_or_path: str, revision: str | None, trust_remote_code: bool) -> Dims:
-    """Dims from the model's config.json (a hub id or a local folder; no weights)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(
-        name_or_path, revision=revision, trust_remote_code=trust_remote_code
-    )
-    return dims_from_config(config)
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Everything the estimate needs besides the mode and the tokens per micro-batch."""
-
-    dims: Dims
-    backend: str  # unsloth | hf
-    load_in_4bit: bool
-    dtype: str
-    lora_r: int
-    target_modules: tuple[str, ...]
-    optim: str  # the optimizer's name: 8-bit ones keep 2 bytes of state per parameter
-    modules_to_save: tuple[str, ...] = ()  # full copies of embed_tokens / lm_head
-    train_saved_modules: bool = True  # false: the copies are frozen (a continued adapter)
-
-
-def projection_shapes(dims: Dims) -> dict[str, tuple[int, int]]:
-    """(in, out) of a layer's seven projections (Qwen2 / Llama names)."""
-    h, i = dims.hidden_size, dims.intermediate_size
-    q, kv = dims.num_attention_heads * dims.head_dim, dims.num_key_value_heads * dims.head_dim
-    return {
-        "q_proj": (h, q),
-        "k_proj": (h, kv),
-        "v_proj": (h, kv),
-        "o_proj": (q, h),
-        "gate_proj": (h, i),
-        "up_proj": (h, i),
-        "down_proj": (i, h),
-    }
-
-
-def non_embedding_params(dims: Dims) -> int:
-    """The attention and MLP weights of every layer (norms left out)."""
-    return dims.num_hidden_layers * sum(a * b for a, b in projection_shapes(dims).values())
-
-
-def lora_params(dims: Dims, r: int, target_modules: tuple[str, ...]) -> int:
-    """LoRA's trained parameters: r x (in + out) per target module per layer."""
-    h, i = dims.hidden_size, dims.intermediate_size
-    shapes = projection_shapes(dims)
-    names = list(shapes) if "all-linear" in target_modules else target_modules
-    # a name outside Qwen2/Llama's seven: counted as an MLP projection (the largest)
-    per_layer = sum(sum(shapes.get(n, (h, i))) for n in names)
-    return r * per_layer * dims.num_hidden_layers
-
-
-def breakdown(setup: Setup, tokens: int, mode: str) -> dict[str, float]:
-    """The estimate's parts in GiB for one micro-batch of ``tokens`` tokens."""
-    d, size = setup.dims, ITEMSIZE[setup.dtype]
-    h, i, v, layers = d.hidden_size, d.intermediate_size, d.vocab_size, d.num_hidden_layers
-    weights = non_embedding_params(d) * (NF4_BYTES if setup.load_in_4bit else size)
-    tables = 1 if d.tie_word_embeddings else 2  # embed_tokens and lm_head
-    embeddings = tables * v * h * size
-    trained = TRAINED_BYTES + (2 if "8bit" in setup.optim else 8)
-    copies = min(len(set(setup.modules_to_save)), tables) * v * h
-    saved = copies * (trained if setup.train_saved_modules else size)
-    lora = lora_params(d, setup.lora_r, setup.target_modules) * trained
-    layer = tokens * size * (ACT_H * h + ACT_I * i)
-    if mode == "none":
-        activations = layers * layer
-    elif mode == "gpu":
-        activations = layers * tokens * h * size + layer
-    else:  # offload: one layer's, plus the GPU buffers the layer inputs go through
-        activations = layer + 2 * tokens * h * size
-    parts = {
-        "weights": weights,
-        "embeddings": embeddings + saved,
-        "trained": lora,
-        "activations": activations,
-        "logits": tokens * v * LOGITS_BYTES[setup.backend],
-    }
-    return {k: x / GIB for k, x in parts.items()} | {"fixed": FIXED_GIB}
-
-
-def estimate_gib(setup: Setup, tokens: int, mode: str) -> float:
-    """Estimated peak memory of a training step in GiB."""
-    return sum(breakdown(setup, tokens, mode).values())
-
-
-def modes_for(backend: str) -> tuple[str, ...]:
-    """The modes a backend has (hf has no offloaded checkpointing)."""
-    return MODES if backend == "unsloth" else MODES[:2]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One training phase's batch: micro-batch, accumulation and tokens per row."""
-
-    micro_batch: int
-    accumulation: int
-    row_tokens: int  # max length x rows per example (DPO/ORPO: chosen and rejected)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What ``choose`` decided, with the estimates it decided on."""
-
-    mode: str  # none | gpu | offload
-    batches: tuple[Batch, ...]  # as planned (split or not)
-    tokens: int  # tokens of the largest micro-batch
-    estimates_gib: dict[str, float]  # per mode, at these batches
-    fits: bool
-    split: bool
-
-
-def _smallest_factor(n: int) -> int:
-    return next(f for f in range(2, n + 1) if n % f == 0)
-
-
-def _split(batch: Batch) -> Batch:
-    if batch.micro_batch == 1:
-        return batch
-    f = _smallest_factor(batch.micro_batch)
-    return Batch(batch.micro_batch // f, batch.accumulation * f, batch.row_tokens)
-
-
-def choose(setup: Setup, requested: str, batches: tuple[Batch, ...], usable_gib: float) -> Plan:
-    """The plan for ``requested`` (auto, or an explicit none / gpu / offload).
-
-    Every phase's micro-batch is split together; the largest one sets the estimate.
-    """
-    modes = modes_for(setup.backend)
-    current = tuple(batches)
-    while True:
-        tokens = max(b.micro_batch * b.row_tokens for b in current)
-        est = {m: estimate_gib(setup, tokens, m) for m in modes}
-        split = current != tuple(batches)
-        if requested != "auto":
-            return Plan(requested, current, tokens, est, est[requested] <= usable_gib, False)
-        for mode in modes:
-            if est[mode] <= usable_gib:
-                return Plan(mode, current, tokens, est, True, split)
-        if all(b.micro_batch == 1 for b in current):
-            smallest = min(modes, key=est.__getitem__)
-            return Plan(smallest, current, tokens, est, False, split)
-        current = tuple(_split(b) for b in current)
-
+from tunelab.training.memory_estimate import (
+    GIB,
+    ITEMSIZE,
+    Batch,
+    Dims,
+    Plan,
+    Setup,
+    choose,
+    non_embedding_params,
+    read_dims,
+)
 
 # ------------------------------------------------------------------ values and libraries
 
@@ -314,7 +127,7 @@ def device_budget_gib() -> tuple[float, str]:
     """
     import torch
 
-    from tunelab.launch import world_size
+    from tunelab.training.launch import world_size
 
     world = world_size()
     if world > 1:
@@ -374,6 +187,42 @@ def _r(x: float) -> float:
     return round(x, 2)
 
 
+def _setup(params: Any, backend: str, dims: Dims, first_optim: Any, **saved: Any) -> Setup:
+    model = params.model
+    return Setup(
+        dims=dims,
+        backend=backend,
+        load_in_4bit=model.load_in_4bit,
+        dtype=model.dtype,
+        lora_r=params.lora.r,
+        target_modules=tuple(params.lora.target_modules),
+        optim=first_optim.optim,
+        modules_to_save=tuple(saved["modules_to_save"]),
+        train_saved_modules=saved["train_saved_modules"],
+    )
+
+
+def _budget(model: Any, dims: Dims, reserve_fraction: float, dense_twin: bool) -> dict[str, Any]:
+    """The budget, what else takes from it (vLLM's share, a dense twin) and what is usable."""
+    if model.memory_budget_gib is not None:
+        budget, source = model.memory_budget_gib, "memory_budget_gib"
+    else:
+        budget, source = device_budget_gib()
+    reserved = reserve_fraction * total_device_gib()
+    if dense_twin:  # the whole model once more in the compute dtype
+        tables = 1 if dims.tie_word_embeddings else 2
+        dense = non_embedding_params(dims) + tables * dims.vocab_size * dims.hidden_size
+        reserved += dense * ITEMSIZE[model.dtype] / GIB
+    usable = budget * (1 - model.memory_headroom) - reserved
+    return {
+        "budget_gib": budget,
+        "budget_source": source,
+        "headroom": model.memory_headroom,
+        "reserved_gib": reserved,
+        "usable_gib": usable,
+    }
+
+
 def resolve(
     params: Any,
     section: str,
@@ -412,33 +261,21 @@ def resolve(
         resolved = _replace(params, "model", gradient_checkpointing=param_value(explicit))
         return resolved, card | {"chosen": explicit, "estimates_gib": None, "note": why}
 
-    setup = Setup(
-        dims=dims,
-        backend=backend,
-        load_in_4bit=model.load_in_4bit,
-        dtype=model.dtype,
-        lora_r=params.lora.r,
-        target_modules=tuple(params.lora.target_modules),
-        optim=_get(params, next(iter(batches))).optim,
-        modules_to_save=tuple(modules_to_save),
+    optims = [_get(params, path) for path in batches]
+    setup = _setup(
+        params,
+        backend,
+        dims,
+        optims[0],
+        modules_to_save=modules_to_save,
         train_saved_modules=train_saved_modules,
     )
-    if model.memory_budget_gib is not None:
-        budget, source = model.memory_budget_gib, "memory_budget_gib"
-    else:
-        budget, source = device_budget_gib()
-    reserved = reserve_fraction * total_device_gib()
-    if dense_twin:  # the whole model once more in the compute dtype
-        tables = 1 if dims.tie_word_embeddings else 2
-        dense = non_embedding_params(dims) + tables * dims.vocab_size * dims.hidden_size
-        reserved += dense * ITEMSIZE[model.dtype] / GIB
-    usable = budget * (1 - model.memory_headroom) - reserved
+    budget = _budget(model, dims, reserve_fraction, dense_twin)
     wanted = tuple(
         Batch(o.per_device_train_batch_size, o.gradient_accumulation_steps, tokens)
-        for o, tokens in ((_get(params, path), tokens) for path, tokens in batches.items())
+        for o, tokens in zip(optims, batches.values(), strict=True)
     )
-    plan = choose(setup, explicit or "auto", wanted, usable)
-
+    plan = choose(setup, explicit or "auto", wanted, budget["usable_gib"])
     resolved = _replace(params, "model", gradient_checkpointing=param_value(plan.mode))
     for path, batch in zip(batches, plan.batches, strict=True):
         resolved = _replace(
@@ -447,14 +284,20 @@ def resolve(
             per_device_train_batch_size=batch.micro_batch,
             gradient_accumulation_steps=batch.accumulation,
         )
+    card |= _plan_card(plan, budget, list(batches))
+    from tunelab.training.launch import is_main_process
+
+    if is_main_process():
+        print(summary(card), flush=True)
+    return resolved, card
+
+
+def _plan_card(plan: Plan, budget: dict[str, Any], paths: list[str]) -> dict[str, Any]:
     first = plan.batches[0]
-    card |= {
+    card = {k: _r(v) if isinstance(v, float) and k != "headroom" else v for k, v in budget.items()}
+    card = {
         "chosen": plan.mode,
-        "budget_gib": _r(budget),
-        "budget_source": source,
-        "headroom": model.memory_headroom,
-        "reserved_gib": _r(reserved),
-        "usable_gib": _r(usable),
+        **card,
         "tokens_per_micro_batch": plan.tokens,
         "estimates_gib": {m: _r(x) for m, x in plan.estimates_gib.items()},
         "per_device_train_batch_size": first.micro_batch,
@@ -462,19 +305,15 @@ def resolve(
         "split": plan.split,
         "fits": plan.fits,
     }
-    if len(batches) > 1:
+    if len(paths) > 1:
         card["batches"] = {
             path: {
                 "per_device_train_batch_size": b.micro_batch,
                 "gradient_accumulation_steps": b.accumulation,
             }
-            for path, b in zip(batches, plan.batches, strict=True)
+            for path, b in zip(paths, plan.batches, strict=True)
         }
-    from tunelab.launch import is_main_process
-
-    if is_main_process():
-        print(summary(card), flush=True)
-    return resolved, card
+    return card
 
 
 def resolve_explicit(params: Any, section: str, backend: str) -> tuple[Any, dict[str, Any]]:

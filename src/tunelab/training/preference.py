@@ -12,19 +12,19 @@
 
 With Unsloth installed and chosen, it is imported first (select_backend) and patches
 TRL's preference trainers; ``PatchDPOTrainer`` is called where that Unsloth has it.
-Checkpoints and resume as in tunelab.training.sft (.tunelab/checkpoints/train_pref/<name>).
+The skeleton (checkpoints under .tunelab/checkpoints/train_pref/<name>, resume, run card)
+is tunelab.training.run.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import PreferenceTrainParams
+from tunelab.config.preference import PreferenceTrainParams
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, dump_json, read_jsonl
-from tunelab.training.sft import checkpoint_dir, fingerprint, trainer_args
+from tunelab.io import read_jsonl
+from tunelab.training.run import Trained, TrainingRun, trainer_args
 
 
 def preference_config(params: PreferenceTrainParams, output_dir: Path) -> Any:
@@ -37,13 +37,16 @@ def preference_config(params: PreferenceTrainParams, output_dir: Path) -> Any:
             params.optim, params.logging_steps, params.save_steps, params.seed, params.model.dtype
         ),
     )
+    from tunelab.training.runcard import with_asked
+
     if params.method == "dpo":
         from trl import DPOConfig
 
-        return DPOConfig(loss_type=[params.loss_type], **common)
+        common["loss_type"] = [params.loss_type]
+        return with_asked(DPOConfig(**common), common)
     from trl.experimental.orpo import ORPOConfig
 
-    return ORPOConfig(**common)
+    return with_asked(ORPOConfig(**common), common)
 
 
 def load_model(
@@ -65,42 +68,25 @@ def load_model(
     return model, tokenizer, None
 
 
-def build_trainer(
-    params: PreferenceTrainParams,
-    model: Any,
-    tokenizer: Any,
-    peft_config: Any,
-    records: list[dict],
-    output_dir: Path,
-    callbacks: list[Any],
-) -> Any:
+def trainer_kwargs(
+    params: PreferenceTrainParams, model: Any, tokenizer: Any, peft_config: Any, records: list
+) -> tuple[type, dict[str, Any]]:
+    """The trainer class and its arguments besides ``args`` (DPO: no separate reference
+    model, see the module docstring; ORPO has none)."""
     from datasets import Dataset
 
     from tunelab.data.preference import trl_pairs
 
-    dataset = Dataset.from_list(trl_pairs(records))
-    args = preference_config(params, output_dir)
+    kwargs = dict(
+        model=model, train_dataset=Dataset.from_list(trl_pairs(records)), processing_class=tokenizer
+    )
     if params.method == "dpo":
         from trl import DPOTrainer
 
-        return DPOTrainer(
-            model=model,
-            ref_model=None,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=callbacks,
-        )
+        return DPOTrainer, kwargs | {"ref_model": None, "peft_config": peft_config}
     from trl.experimental.orpo import ORPOTrainer
 
-    return ORPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    return ORPOTrainer, kwargs
 
 
 def _curves(log_history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -122,74 +108,38 @@ def train_preference(
     data_dir: Path,
     out_dir: Path,
     live_dir: Path,
-) -> dict[str, Any]:
+) -> Trained:
     """Train the adapter on data_dir/train.jsonl (prepared pairs); write adapter, tokenizer
     and run card to out_dir."""
-    from transformers import set_seed
-
-    from tunelab import stage
     from tunelab.models.chat import ensure_generation_template
-    from tunelab.models.loading import resolve_base
-    from tunelab.training.live import live_callback
-    from tunelab.training.memory_plan import measured_peak_gib, resolve
-    from tunelab.training.runcard import run_card
 
-    inputs = {"train": data_dir / "train.jsonl", "base": base_dir}
-    records = read_jsonl(inputs["train"])
+    section = f"train_pref.{name}"
+    records = read_jsonl(data_dir / "train.jsonl")
     if not records or "rejected" not in records[0]:
-        raise TunelabError(str(inputs["train"]), "not prepared preference pairs (no 'rejected')")
-    name_or_path, revision = resolve_base(base_dir)
-    # chosen and rejected: two rows of max_length per pair
-    params, memory = resolve(
-        params,
-        f"train_pref.{name}",
-        name_or_path,
-        revision,
-        backend,
-        {"optim": 2 * params.max_length},
+        raise TunelabError(str(data_dir / "train.jsonl"), "not prepared pairs (no 'rejected')")
+    run = TrainingRun(name, section, params, backend, base_dir, data_dir, out_dir, live_dir)
+    params = run.setup({"optim": 2 * params.max_length})  # chosen and rejected: two rows a pair
+    run.start()
+    model, tokenizer, peft_config = load_model(params, backend, run.name_or_path, run.revision)
+    if peft_config is None:  # DPO on hf: the trainer makes the PEFT model (no PiSSA there)
+        run.adapter_built(model)
+    # the evaluation scores assistant tokens through the template's generation markers
+    replaced = ensure_generation_template(tokenizer, f"{run.name_or_path} chat template")
+    trainer_cls, kwargs = trainer_kwargs(params, model, tokenizer, peft_config, records)
+    trainer, _ = run.train(
+        trainer_cls, preference_config(params, run.ckpt), params.optim.loraplus_lr_ratio, **kwargs
     )
-    fp = fingerprint(params, inputs)
-    ckpt, resumable = checkpoint_dir("train_pref", name, fp)
-
-    with stage.Timer() as timer:
-        set_seed(params.seed)  # before the model and the adapter are built
-        model, tokenizer, peft_config = load_model(params, backend, name_or_path, revision)
-        # the evaluation scores assistant tokens through the template's generation markers
-        template_replaced = ensure_generation_template(tokenizer, f"{name_or_path} chat template")
-        callbacks, end_live = live_callback(live_dir, resumable)
-        trainer = build_trainer(params, model, tokenizer, peft_config, records, ckpt, callbacks)
-        result = trainer.train(resume_from_checkpoint=True if resumable else None)
-        end_live()
-
-    peft_model = trainer.model
-    card = run_card(
-        name,
-        f"train_pref.{name}",
-        params,
-        inputs | {"val": data_dir / "val.jsonl"},
-        timer.seconds,
-        backend=backend,
+    if params.method == "orpo":
+        reference = "none (ORPO)"
+    elif peft_config is not None:
+        reference = "the base, adapter disabled"
+    else:
+        reference = "frozen fresh adapter copy"
+    return run.finish(
+        tokenizer,
+        selected_adapters=["default"],  # not the frozen "ref" copy TRL adds to a PeftModel
+        train={"pairs": len(records), "curves": _curves(trainer.state.log_history)},
         method=params.method,
-        base_model={"name_or_path": name_or_path, "revision": revision},
-        reference="none (ORPO)"
-        if params.method == "orpo"
-        else (
-            "the base, adapter disabled" if peft_config is not None else "frozen fresh adapter copy"
-        ),
-        chat_template_replaced=template_replaced,
-        resumed=resumable,
-        train={
-            "global_step": trainer.state.global_step,
-            "train_loss": round(result.training_loss, 4),
-            "pairs": len(records),
-            "curves": _curves(trainer.state.log_history),
-        },
-        memory_plan=memory | {"measured_peak_gib": measured_peak_gib()},
+        reference=reference,
+        chat_template_replaced=replaced,
     )
-    with atomic_dir(out_dir) as tmp:
-        # Only the trained adapter (TRL adds a frozen "ref" copy when handed a PeftModel).
-        peft_model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])
-        tokenizer.save_pretrained(tmp)
-        dump_json(tmp / "run_card.json", card)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return card

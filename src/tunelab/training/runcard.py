@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab import stage
+from tunelab import provenance
 from tunelab.io import sha256_path
 
 
@@ -28,9 +28,9 @@ def run_card(
         "params": params.model_dump(),
         "seed": params.seed,
         "inputs": hashes,
-        "code": stage.code_revision(),
-        "libraries": stage.library_versions(),
-        "hardware": stage.hardware(),
+        "code": provenance.code_revision(),
+        "libraries": provenance.library_versions(),
+        "hardware": provenance.hardware(),
         "wall_seconds": round(wall_seconds, 2),
         **extra,
     }

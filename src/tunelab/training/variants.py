@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import init_mutates_base
+from tunelab.config.train import init_mutates_base
 from tunelab.errors import TunelabError
 
 INITIAL = "initial_adapter"  # under the checkpoint folder
@@ -83,7 +83,7 @@ def save_initial(model: Any, lora: Any, ckpt: Path) -> Path | None:
     decomposition on the already-residual base: TRL's GRPO "ref" adapter (a copy of
     this one's config), checkpoint configs, a resumed run's adapter reload.
     """
-    from tunelab.launch import is_main_process
+    from tunelab.training.launch import is_main_process
 
     if not init_mutates_base(lora.init):
         return None

@@ -1,6 +1,6 @@
 """Vision-language SFT: LoRA on a Qwen2.5-VL-style model through TRL's SFTTrainer.
 
-A copy-modified SFT recipe (training/sft.py) for image + text conversations:
+The SFT recipe for image + text conversations, on the shared skeleton (training/run.py):
 
 - the model loads through ``AutoModelForImageTextToText`` with its processor
   (hf backend: transformers + PEFT, bitsandbytes for 4-bit) or through
@@ -16,8 +16,6 @@ A copy-modified SFT recipe (training/sft.py) for image + text conversations:
   vision-language collator on both backends; the loss covers the completion
   only (TRL has no assistant-only masks for images; the prompt is everything
   before the assistant's answer, so it is the same);
-- checkpoints, fingerprint, run card and dvclive curves as in training/sft.py
-  (its helpers are reused, not copied);
 - ``model.gradient_checkpointing`` takes the explicit values only (false, true, gpu,
   offload; see tunelab.training.memory_plan): the memory plan has no model of the vision
   tower, so there is no auto here and no estimate in the run card.
@@ -25,19 +23,15 @@ A copy-modified SFT recipe (training/sft.py) for image + text conversations:
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import PixelBoundsParams, VLLoraParams, VLModelLoadParams, VLTrainParams
+from tunelab.config.base import PixelBoundsParams
+from tunelab.config.vl import VLLoraParams, VLModelLoadParams, VLTrainParams
 from tunelab.data.common import text_of
-from tunelab.io import atomic_dir, dump_json, read_jsonl
-from tunelab.training.memory_plan import (
-    hf_checkpointing,
-    measured_peak_gib,
-    resolve_explicit,
-    unsloth_checkpointing,
-)
+from tunelab.io import read_jsonl
+from tunelab.training.memory_plan import hf_checkpointing, unsloth_checkpointing
+from tunelab.training.run import Trained, TrainingRun, trainer_args
 from tunelab.training.variants import lora_kwargs
 
 LANGUAGE_MODULES = {
@@ -230,7 +224,7 @@ def vl_config(params: VLTrainParams, output_dir: Path) -> Any:
     """SFTConfig for image + text pairs; nothing here that params do not name."""
     from trl import SFTConfig
 
-    from tunelab.training.sft import trainer_args
+    from tunelab.training.runcard import with_asked
 
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
@@ -244,8 +238,6 @@ def vl_config(params: VLTrainParams, output_dir: Path) -> Any:
             params.optim, params.logging_steps, params.save_steps, params.seed, params.model.dtype
         ),
     )
-    from tunelab.training.runcard import with_asked
-
     return with_asked(SFTConfig(**kwargs), kwargs)
 
 
@@ -258,74 +250,41 @@ def train_vl(
     out_dir: Path,
     live_dir: Path,
     extra_callbacks: list[Any] | None = None,
-) -> dict[str, Any]:
+) -> Trained:
     """Train the scenario's VL adapter; write it, the processor and the run card to out_dir.
 
     ``extra_callbacks`` are added to the Trainer's (the tests read the trained model so).
     """
-    from transformers import set_seed
     from trl import SFTTrainer
 
-    from tunelab import stage
-    from tunelab.models.loading import resolve_base
-    from tunelab.training.live import live_callback
-    from tunelab.training.runcard import run_card, trainer_settings
-    from tunelab.training.sft import checkpoint_dir, fingerprint
-    from tunelab.training.variants import save_adapter, save_initial, variant_card, with_loraplus
-
-    params, memory = resolve_explicit(params, f"train.{scenario}", backend)
-    inputs = {"train": data_dir / "train.jsonl", "images": data_dir / "images", "base": base_dir}
-    fp = fingerprint(params, inputs)
-    ckpt, resumable = checkpoint_dir("train", scenario, fp)
-    name_or_path, revision = resolve_base(base_dir)
-
-    with stage.Timer() as timer:
-        set_seed(params.seed)  # before the model and the adapter are built
-        if backend == "unsloth":
-            model, processor = load_unsloth_vl(name_or_path, revision, params)
-        else:
-            model, processor = load_hf_vl(name_or_path, revision, params)
-        initial = save_initial(model, params.lora, ckpt)  # PiSSA / OLoRA: A, B as initialised
-        set_image_bounds(processor, params.image)
-        train_ds = vl_dataset(inputs["train"])
-        callbacks, end_live = live_callback(live_dir, resumable)
-        trainer = with_loraplus(SFTTrainer, params.optim.loraplus_lr_ratio)(
-            model=model,
-            args=vl_config(params, ckpt),
-            train_dataset=train_ds,
-            processing_class=processor,
-            callbacks=[*callbacks, *(extra_callbacks or [])],
-        )
-        result = trainer.train(resume_from_checkpoint=True if resumable else None)
-        end_live()
-
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    card = run_card(
+    dirs = (base_dir, data_dir, out_dir, live_dir)
+    run = TrainingRun(
         scenario,
         f"train.{scenario}",
         params,
-        inputs | {"val": data_dir / "val.jsonl"},
-        timer.seconds,
-        backend=backend,
-        base_model={"name_or_path": name_or_path, "revision": revision},
-        lora_target_modules=lora_target_regex(params.lora) if backend == "hf" else "unsloth",
-        trainable_parameters=trainable,
-        trainer_args=trainer_settings(trainer.args),
-        resumed=resumable,
-        train={
-            "global_step": trainer.state.global_step,
-            "train_loss": round(result.training_loss, 4),
-            "first_logged_loss": history[0]["loss"] if history else None,
-            "last_logged_loss": history[-1]["loss"] if history else None,
-            "train_rows": len(train_ds),
-        },
-        memory_plan=memory | {"measured_peak_gib": measured_peak_gib()},
+        backend,
+        *dirs,
+        extra_callbacks,
+        inputs={"images": data_dir / "images"},
     )
-    with atomic_dir(out_dir) as tmp:
-        save_adapter(trainer.model, tmp, initial)
-        processor.save_pretrained(tmp)
-        card["lora_variant"] = variant_card(trainer.model, params.lora, params.optim, tmp, initial)
-        dump_json(tmp / "run_card.json", card)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return card
+    params = run.setup()  # explicit checkpointing: the plan has no vision-tower model
+    run.start()
+    load = load_unsloth_vl if backend == "unsloth" else load_hf_vl
+    model, processor = load(run.name_or_path, run.revision, params)
+    run.adapter_built(model)
+    set_image_bounds(processor, params.image)
+    train_ds = vl_dataset(run.inputs["train"])
+    run.train(
+        SFTTrainer,
+        vl_config(params, run.ckpt),
+        params.optim.loraplus_lr_ratio,
+        model=model,
+        train_dataset=train_ds,
+        processing_class=processor,
+    )
+    return run.finish(
+        processor,
+        train={"train_rows": len(train_ds)},
+        lora_target_modules=lora_target_regex(params.lora) if backend == "hf" else "unsloth",
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
