@@ -311,6 +311,70 @@ def varied_stops(model: Any, tok: Any, path: str, new: int) -> dict:
     return out
 
 
+def schedule_invariance(model: Any, tok: Any, path: str, new: int, rows_n: int) -> dict:
+    """The same ``rows_n`` greedy prompts at 192 and 48 slots, with and without refill,
+    with generation.batch_invariant off and on: tok/s of each, and how many rows equal the
+    192-slot refill run of the same setting (all of them, with batch invariance).
+
+    Each setting's first call builds its engine (capture; compile when not invariant) and
+    is timed apart from a second, measured call.
+    """
+    import torch
+
+    from tunelab.generation import generate_new_tokens
+
+    device = next(model.parameters()).device
+    ids = random_prompts(tok, rows_n, PROMPT_TOKENS, 11).to(device)
+    mask = torch.ones_like(ids)
+    kwargs = {
+        "max_new_tokens": new,
+        "min_new_tokens": new,
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "pad_token_id": tok.pad_token_id,
+    }
+    out: dict[str, Any] = {"rows": rows_n, "new_tokens": new}
+    reference: dict[bool, list] = {}
+    for invariant in (False, True):
+        base = engine_params(path).model_copy(update={"batch_invariant": invariant})
+        for slots, refill in ((192, True), (48, True), (48, False)):
+            name = f"{'invariant' if invariant else 'default'}_{slots}_{'refill' if refill else 'waves'}"
+            params = base.model_copy(update={"refill": refill})
+            try:
+                times = []
+                for _ in range(2):
+                    sync_device()
+                    t0 = time.perf_counter()
+                    rows = generate_new_tokens(model, ids, mask, params, slots, kwargs)
+                    sync_device()
+                    times.append(time.perf_counter() - t0)
+            except Exception as err:  # noqa: BLE001 - report, go on with the other settings
+                out[name] = {"status": "failed", "error": f"{type(err).__name__}: {str(err)[:500]}"}
+                log(f"{path} invariance {name} FAILED: {err}")
+                continue
+            rows = [r.tolist() for r in rows]
+            ref = reference.setdefault(invariant, rows)
+            made = sum(len(r) for r in rows)
+            out[name] = {
+                "first_call_seconds": round(times[0], 2),
+                "seconds": round(times[1], 3),
+                "tokens_per_second": round(made / times[1], 1),
+                "rows_identical_to_192_refill": f"{sum(a == b for a, b in zip(rows, ref, strict=True))}/{len(rows)}",
+            }
+            log(f"{path} invariance {name}: {out[name]}")
+    if False in reference and True in reference:
+        same = sum(a == b for a, b in zip(reference[False], reference[True], strict=True))
+        out["invariant_rows_equal_default_rows"] = f"{same}/{rows_n}"
+    fast, slow = out.get("default_192_refill", {}), out.get("invariant_192_refill", {})
+    if "tokens_per_second" in fast and "tokens_per_second" in slow:
+        out["invariant_cost_ratio_192"] = round(
+            slow["tokens_per_second"] / fast["tokens_per_second"], 3
+        )
+    return out
+
+
 def gsm8k_eval_end_to_end(path: str, model_dir: Path, work: Path, n: int, max_gen: int) -> dict:
     """``n`` generated GSM8K problems through tunelab's lm-eval model class, timed whole."""
     import random
@@ -619,6 +683,11 @@ def measure_rollouts(args: argparse.Namespace, path: str, result: dict, cuda: bo
     if args.varied and "continuous" in path:
         result["varied_stops"] = varied_stops(model, tok, path, args.new_tokens)
         save()
+    if args.invariance and "continuous" in path:
+        result["schedule_invariance"] = schedule_invariance(
+            model, tok, path, args.new_tokens, args.invariance_rows
+        )
+        save()
     del model
     _generation_done(result, cuda)
     if args.grpo_steps and (path.startswith("tunelab") or path == "hf_bf16"):
@@ -633,6 +702,12 @@ def measure_rollouts(args: argparse.Namespace, path: str, result: dict, cuda: bo
 
 
 def worker(args: argparse.Namespace) -> None:
+    if args.deterministic:  # before CUDA starts: the cuBLAS workspace is fixed then
+        from tunelab.config import load_section
+        from tunelab.determinism import apply
+
+        section = load_section("reproducibility", ROOT / "params.yaml")
+        log(f"deterministic mode: {apply(section.model_copy(update={'deterministic': True}))}")
     import torch
 
     cuda = torch.cuda.is_available()
@@ -676,6 +751,18 @@ def main() -> None:
         action="store_true",
         help="with --rollouts: rows with real stops (lengths 32..512) for tunelab paths",
     )
+    p.add_argument(
+        "--invariance",
+        action="store_true",
+        help="with --rollouts: greedy rows at 48 and 192 slots, with and without refill, "
+        "with and without generation.batch_invariant, rows compared (continuous paths)",
+    )
+    p.add_argument("--invariance-rows", type=int, default=192, help="prompts of --invariance")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="every path process in deterministic mode (params reproducibility)",
+    )
     p.add_argument("--tokenizer", type=Path, default=ROOT / "models" / "base" / "text")
     p.add_argument("--timeout", type=float, default=None, help="seconds per path process")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -712,6 +799,12 @@ def main() -> None:
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         cmd += ["--rollouts"] if args.rollouts else []
         cmd += ["--varied"] if args.varied else []
+        cmd += (
+            ["--invariance", "--invariance-rows", str(args.invariance_rows)]
+            if args.invariance
+            else []
+        )
+        cmd += ["--deterministic"] if args.deterministic else []
         log(f"path {path}")
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(cmd, env=env, cwd=ROOT, timeout=args.timeout)

@@ -87,6 +87,9 @@ SETUPS: dict[str, tuple[str, dict[str, Any]]] = {
     "tunelab_auto": ("unsloth", {}),
     # the plan under a 16 GiB budget (a 16 GB card's choice, measured on the H200).
     "tunelab_auto_16gib": ("unsloth", {"model.memory_budget_gib": 16}),
+    # the same in deterministic mode (params reproducibility; its own process: the cuBLAS
+    # workspace is fixed before CUDA starts); compare with tunelab_auto run alone
+    "tunelab_auto_deterministic": ("deterministic", {}),
     # tunelab_gpu with every packed micro-batch padded to one length (4 x 2048 = 8192); it
     # shares the process of the setups before it (Unsloth's offload buffers already grown).
     "tunelab_gpu_fixed_shape": (
@@ -781,6 +784,12 @@ def run_unsloth_alone(
 
 def worker(args: argparse.Namespace) -> None:
     """Run the named setups (one process group) and write one JSON per setup."""
+    if any(SETUPS[n][0] == "deterministic" for n in args.worker.split(",")):
+        from tunelab.config import load_section
+        from tunelab.determinism import apply
+
+        section = load_section("reproducibility", ROOT / "params.yaml")
+        log(f"deterministic mode: {apply(section.model_copy(update={'deterministic': True}))}")
     import torch
 
     for name in args.worker.split(","):

@@ -111,14 +111,17 @@ def test_small_and_large_floats_stay_floats_for_yaml_1_1_readers(tmp_path: Path)
 
 
 def test_gpu_check_overlay_changes_only_keys_the_gpu_profile_sets(tmp_path: Path) -> None:
-    """`tunelab gpu-check` applies gpu, then gpu-check: paths, data, steps, caps, vLLM off."""
+    """`tunelab gpu-check` applies gpu, then gpu-check: paths, data, steps, caps, vLLM off,
+    and a memory budget per training stage (several share the GPU)."""
     flat_check, flat_gpu = leaves(overlay("gpu-check")), leaves(overlay("gpu"))
     assert set(flat_check) <= set(flat_gpu)  # so `tunelab profile smoke` restores them all
     allowed = re.compile(
         r"^(base\.\w+\.(pretrained|revision)"
         r"|prepare\.\w+\.(source|\w+_source|split\.\w+|columns\.\w+)"
-        r"|pretrain\.\w+\.(data\.(source|max_length|split\.\w+)|optim\.max_steps|logging_steps)"
+        r"|pretrain\.\w+\.(data\.(source|max_length|split\.\w+)|optim\.max_steps|logging_steps"
+        r"|model\.memory_budget_gib)"
         r"|(train|train_pref)\.\w+\.(optim\.max_steps|grpo\.optim\.max_steps|logging_steps"
+        r"|model\.memory_budget_gib"
         r"|grpo\.max_completion_length|vllm\.use_vllm)"
         r"|(evaluate|evaluate_pref)\.\w+\.(max_samples|max_gen_toks|decoding\.max_new_tokens)"
         r"|lowrank\.als\.(dataset|ratings_path))$"

@@ -1,4 +1,5 @@
-"""What every entry point does around its work: process set-up and one-line errors."""
+"""What every entry point does around its work: process set-up (the GPU claim, the
+deterministic mode of params ``reproducibility``) and one-line errors."""
 
 from __future__ import annotations
 
@@ -11,16 +12,28 @@ from tunelab.errors import TunelabError
 
 
 def run_stage(main: Callable[[], Any]) -> None:
-    """Run a stage body; a TunelabError becomes one line on stderr and exit 1."""
+    """Run a stage body; a TunelabError becomes one line on stderr and exit 1, and so does
+    torch's stop on an op with no deterministic kernel (deterministic mode)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from tunelab.determinism import explain
+
     try:
+        from tunelab.config import load_section
+        from tunelab.determinism import apply
         from tunelab.gpus import claim_gpu
 
         claim_gpu()  # one GPU per queued experiment when TUNELAB_GPUS is set
+        apply(load_section("reproducibility"))  # before anything starts CUDA
         main()
         close_process_group()
     except TunelabError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as err:
+        named = explain(err)  # an op with no deterministic kernel: one line naming it
+        if named is None:
+            raise
+        print(f"error: {named}", file=sys.stderr)
         sys.exit(1)
 
 

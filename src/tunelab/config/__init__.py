@@ -30,6 +30,7 @@ from tunelab.config.prepare import (
     PreferencePrepareParams,
 )
 from tunelab.config.pretrain import ContinualPretrainParams
+from tunelab.config.reproducibility import ReproducibilityParams
 from tunelab.config.train import SFTTrainParams
 from tunelab.config.vl import VLEvaluateParams, VLTrainParams
 from tunelab.errors import TunelabError
@@ -38,6 +39,7 @@ __all__ = ["PARAMS_FILE", "SECTIONS", "load_params", "load_section", "read_yaml"
 
 
 SECTIONS: dict[str, type[Section]] = {
+    "reproducibility": ReproducibilityParams,
     "launch.train": LaunchParams,
     "base.text": TextBaseParams,
     "base.vision": VisionBaseParams,
@@ -95,6 +97,8 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Section]:
             unknown.append((str(top), suggest(str(top), list(known))))
         elif not isinstance(value, dict):
             raise TunelabError(f"{path}: {top}", "expected a mapping")
+        elif "" in known[top]:
+            continue  # a section of its own at the top (reproducibility): its model checks it
         else:
             unknown += [
                 (f"{top}.{sub}", suggest(str(sub), sorted(known[top])))

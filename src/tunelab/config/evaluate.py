@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tunelab.config.core import (
     NonNegInt,
+    ParamConflict,
     PosFloat,
     PosInt,
     Section,
@@ -38,6 +39,20 @@ class GenerationEngineParams(Section):
     sync_every: PosInt  # decode steps between host looks (ended rows, stop strings, refill)
     refill: bool  # a finished row's slot takes the next prompt at once
     prefill_tokens: PosInt  # prompt tokens per prefill call
+    # a row's greedy tokens independent of the rows beside it (slot count, refill, prefill
+    # group): Triton kernels of a fixed reduction order (tunelab.generation.invariant)
+    batch_invariant: bool
+
+    @model_validator(mode="after")
+    def _invariant(self) -> GenerationEngineParams:
+        if self.batch_invariant and self.engine == "compiled":
+            raise ParamConflict(
+                "batch_invariant",
+                "engine compiled",
+                "the compiled engine's graph is inductor's, which lowers the matmuls itself "
+                "(use continuous, generate or auto)",
+            )
+        return self
 
 
 class QuantizedGenerationParams(GenerationEngineParams):

@@ -90,7 +90,9 @@ def lm_class(params: GSM8KEvaluateParams) -> type:
 
     class CompiledHFLM(HFLM):
         def generate_until(self, requests, disable_tqdm: bool = False):
-            if resolve_engine(params.generation, self.model) != "continuous":
+            engine = resolve_engine(params.generation, self.model)
+            print(f"generation engine: {engine}", flush=True)
+            if engine != "continuous":
                 return super().generate_until(requests, disable_tqdm)
             slots = self.batch_size_per_gpu
             self.batch_size_per_gpu = max(1, len(requests))  # one call: the engine refills

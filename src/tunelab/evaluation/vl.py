@@ -87,6 +87,7 @@ def generate_vl(
         kwargs |= {"temperature": decoding.temperature, "top_p": decoding.top_p}
     else:
         kwargs |= {"temperature": None, "top_p": None, "top_k": None}
+    print("generation engine: generate (vision-language: transformers' own)", flush=True)
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         texts = [

@@ -156,9 +156,13 @@ def generate_batches(
     else:
         config = GenerationConfig(**kwargs, disable_compile=True)
 
+    from tunelab.generation.support import invariant_mode
+
     rows = input_ids.shape[0]
     out: list[torch.Tensor] = []
-    with torch.no_grad(), _attention(model, params.decode_attention if compiled else "sdpa"):
+    invariant = invariant_mode(params.batch_invariant and not compiled, input_ids.device.type)
+    attention = _attention(model, params.decode_attention if compiled else "sdpa")
+    with torch.no_grad(), attention, invariant:
         for start in range(0, rows, batch_size):
             ids = input_ids[start : start + batch_size]
             mask = attention_mask[start : start + batch_size]

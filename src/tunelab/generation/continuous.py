@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.generation.layers import decode_layer, prefill_layer
 from tunelab.generation.sampling import Sampling, choose, process
-from tunelab.generation.support import causal_lm, unsupported
+from tunelab.generation.support import causal_lm, invariant_mode, unsupported
 
 if TYPE_CHECKING:
     import torch
@@ -141,6 +141,7 @@ class Engine:
             if sampling.repetition_penalty != 1.0
             else None
         )
+        self.invariant = params.batch_invariant
         self.layer_fn = self._compiled(decode_layer)
         self.graph: Any = None
         self.stats = RunStats()
@@ -151,7 +152,7 @@ class Engine:
         import torch
 
         backend = self.params.compile_backend
-        if backend == "eager":
+        if backend == "eager" or self.invariant:  # inductor would bypass the kernels
             return fn
         # Our own CUDA graph captures the whole step, so inductor must not add its own.
         mode = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(
@@ -246,7 +247,7 @@ class Engine:
         for layer, (keys, values) in zip(self.layers, self.cache, strict=True):
             h = prefill_layer(
                 layer, h, cos, sin, keys, values, slot_ids, inverse,
-                self.rope, self.qk_norm, self.kv_heads, self.head_dim,
+                self.rope, self.qk_norm, self.kv_heads, self.head_dim, self.invariant,
             )  # fmt: skip
         last = h[torch.arange(len(firsts), device=self.device), lengths - 1]
         logits = self.head(self.core.norm(last)).float()[inverse]
@@ -335,7 +336,7 @@ class Engine:
             raise ValueError(f"a {longest}-token prompt + max_new does not fit {self.max_len}")
         cap = self.sampling.max_new
         limits = [min(cap, int(x)) for x in limits] if limits is not None else [cap] * len(prompts)
-        with torch.no_grad():
+        with torch.no_grad(), invariant_mode(self.invariant, self.device.type):
             if self._use_graph() and self.graph is None:
                 self._capture()
             self._reset()

@@ -70,9 +70,13 @@ def prefill_layer(
     qk_norm: bool,
     kv_heads: int,
     head_dim: int,
+    math_attention: bool = False,
 ) -> torch.Tensor:
     """One decoder layer over right-padded prompts (causal: padding is never attended by
-    a real token); writes the key/values of prompt ``inverse[i]`` into ``slot_ids[i]``."""
+    a real token); writes the key/values of prompt ``inverse[i]`` into ``slot_ids[i]``.
+
+    ``math_attention``: scores, softmax and weighted sum as matmuls and a softmax (the
+    batch-invariant kernels take them), not SDPA's fused kernel."""
     import torch
 
     attn = layer.self_attn
@@ -87,12 +91,16 @@ def prefill_layer(
     keys[slot_ids, :, :width] = k[inverse]
     values[slot_ids, :, :width] = v[inverse]
     group = q.shape[1] // kv_heads
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q,
-        k.repeat_interleave(group, 1),
-        v.repeat_interleave(group, 1),
-        is_causal=True,
-        scale=attn.scaling,
-    )
+    keys, vals = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    if math_attention:
+        scores = torch.matmul(q, keys.transpose(-1, -2)) * attn.scaling
+        causal = torch.ones(width, width, dtype=torch.bool, device=h.device).tril()
+        scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vals.dtype)
+        out = torch.matmul(probs, vals)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, keys, vals, is_causal=True, scale=attn.scaling
+        )
     h = h + attn.o_proj(out.transpose(1, 2).reshape(n, width, -1))
     return h + layer.mlp(layer.post_attention_layernorm(h))

@@ -7,6 +7,7 @@ cannot run a model (the Llama-layout families only).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -67,10 +68,21 @@ def resolve_engine(params: GenerationEngineParams, model: Any) -> str:
     if not fast:
         return "generate"
     if params.engine == "auto":
-        return "compiled" if unsupported(model) else "continuous"
+        if unsupported(model):  # the compiled engine cannot run the batch-invariant kernels
+            return "generate" if params.batch_invariant else "compiled"
+        return "continuous"
     return params.engine
 
 
 def is_fast(engine: str) -> bool:
     """The engines this package runs itself (callers hand generation to it)."""
     return engine in ("continuous", "compiled")
+
+
+def invariant_mode(on: bool, device_type: str) -> AbstractContextManager:
+    """The batch-invariant kernels while generating (generation.batch_invariant), or nothing."""
+    if not on:
+        return nullcontext()
+    from tunelab.generation.invariant import batch_invariant
+
+    return batch_invariant(device_type)

@@ -65,7 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=3, help="stages run at the same time")
     parser.add_argument("--timeout", type=float, default=570, help="seconds for everything")
     parser.add_argument("--tiny", action="store_true", help="tiny models, on the CPU")
-    parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"))
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("A", "B"),
+        help="two results files side by side: metrics, adapters' and metrics files' bytes "
+        "(with --out: the summary as JSON)",
+    )
 
 
 def run_check(args: argparse.Namespace, argv: list[str], program: str = "tunelab gpu-check") -> int:
@@ -77,7 +84,7 @@ def run_check(args: argparse.Namespace, argv: list[str], program: str = "tunelab
     from tunelab.provenance import command_line
 
     if args.compare:
-        return compare(*args.compare)
+        return compare(*args.compare, out=args.out)
     if not args.out:
         raise SystemExit("error: --out is required")
     root = Path.cwd()

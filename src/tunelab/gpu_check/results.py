@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from tunelab.gpu_check.workdir import CHECK
+
+ENGINE_LINE = re.compile(r"generation engine: (\w+)")
+
+
+def file_hashes(folder: Path, pattern: str) -> dict[str, str]:
+    """sha256 of every file matching ``pattern`` under ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.glob(pattern))
+        if p.is_file()
+    }
+
+
+def engines(workdir: Path) -> dict[str, list[str]]:
+    """The generation engine(s) each stage's log names (``generation engine: X``)."""
+    found = {}
+    for log in sorted((workdir / CHECK / "logs").glob("*.log")):
+        named = ENGINE_LINE.findall(log.read_text(errors="replace"))
+        if named:
+            found[log.stem] = sorted(set(named))
+    return found
 
 
 def collect(workdir: Path) -> dict[str, Any]:
@@ -27,7 +52,13 @@ def collect(workdir: Path) -> dict[str, Any]:
             "changed_by_libraries": card.get("trainer_args", {}).get("changed_by_libraries"),
             "rollout_engine": card.get("grpo", {}).get("rollout_engine"),
         }
-    return {"metrics": metrics, "run_cards": cards}
+    return {
+        "metrics": metrics,
+        "run_cards": cards,
+        "engines": engines(workdir),
+        "adapter_files": file_hashes(workdir / "adapters", "*/*.safetensors"),
+        "metrics_files": file_hashes(workdir / "reports/metrics", "**/*.json"),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -43,30 +74,62 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def compare(a: Path, b: Path) -> int:
-    """Print every metric of two runs side by side; exit 1 if any differ."""
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(d, dict):
-            out: dict[str, Any] = {}
-            for k, v in d.items():
-                out |= flat(v, f"{prefix}{k}.")
-            return out
-        return {prefix[:-1]: d}
-
-    ma, mb = (flat(json.loads(p.read_text())["metrics"]) for p in (a, b))
-    differ = 0
+def compare(a: Path, b: Path, out: Path | None = None) -> int:
+    """Print every metric of two runs side by side and whether their adapters (safetensors
+    bytes) and metrics files are identical; exit 1 if anything differs. ``out``: the
+    summary as JSON (what differs, by how much)."""
+    ra, rb = (json.loads(p.read_text()) for p in (a, b))
+    ma, mb = flatten(ra["metrics"]), flatten(rb["metrics"])
+    differ: dict[str, Any] = {}
     for key in sorted(set(ma) | set(mb)):
         va, vb = ma.get(key), mb.get(key)
         if isinstance(va, list) or isinstance(vb, list):
             continue
         same = va == vb
-        differ += not same
         delta = (
-            f"{vb - va:+.4g}"
+            vb - va
             if not same and isinstance(va, (int, float)) and isinstance(vb, (int, float))
-            else ""
+            else None
         )
-        print(f"{'  ' if same else '!='} {key}: {va} | {vb} {delta}")
-    print(f"{differ} of {len(set(ma) | set(mb))} metrics differ")
-    return 1 if differ else 0
+        if not same:
+            differ[key] = {"a": va, "b": vb, "delta": delta}
+        print(
+            f"{'  ' if same else '!='} {key}: {va} | {vb} {'' if delta is None else f'{delta:+.4g}'}"
+        )
+    files = {}
+    for kind in ("adapter_files", "metrics_files"):
+        fa, fb = ra.get(kind) or {}, rb.get(kind) or {}
+        files[kind] = {
+            "compared": len(set(fa) & set(fb)),
+            "differ": sorted(k for k in set(fa) & set(fb) if fa[k] != fb[k]),
+            "only_in_one": sorted(set(fa) ^ set(fb)),
+        }
+        print(
+            f"{kind}: {files[kind]['compared']} in both, differ: {files[kind]['differ'] or 'none'}"
+            + (f", only in one: {files[kind]['only_in_one']}" if files[kind]["only_in_one"] else "")
+        )
+    summary = {
+        "a": str(a),
+        "b": str(b),
+        "metrics_compared": len(set(ma) | set(mb)),
+        "metrics_differ": differ,
+        "files": files,
+        "identical": not differ
+        and not any(f["differ"] or f["only_in_one"] for f in files.values()),
+    }
+    print(
+        f"{len(differ)} of {len(set(ma) | set(mb))} metrics differ; "
+        f"{'identical' if summary['identical'] else 'NOT identical'}"
+    )
+    if out is not None:
+        out.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return 0 if summary["identical"] else 1
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        found: dict[str, Any] = {}
+        for k, v in d.items():
+            found |= flatten(v, f"{prefix}{k}.")
+        return found
+    return {prefix[:-1]: d}

@@ -119,11 +119,24 @@ def system_available_bytes() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def system_total_bytes() -> int:
+    """The machine's whole RAM: psutil's, else /proc/meminfo's MemTotal."""
+    try:
+        import psutil
+    except ImportError:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemTotal"].split()[0]) * 1024
+    return int(psutil.virtual_memory().total)
+
+
 def device_budget_gib() -> tuple[float, str]:
     """Free memory of the device this process trains on, and what it is.
 
     Under a multi-process launch every process takes the smallest of all, so that they
-    plan alike; processes of one machine share its RAM.
+    plan alike; processes of one machine share its RAM. In deterministic mode
+    (tunelab.determinism) the device's whole memory: what happens to be free depends on
+    the other processes of the moment, and the plan must not.
     """
     import torch
 
@@ -134,11 +147,16 @@ def device_budget_gib() -> tuple[float, str]:
         from accelerate import PartialState
 
         PartialState()  # sets this process's GPU and starts the process group
+    whole = torch.are_deterministic_algorithms_enabled()
     if torch.cuda.is_available():
-        gib, source = torch.cuda.mem_get_info()[0] / GIB, "free GPU memory"
+        free, total = torch.cuda.mem_get_info()
+        gib, source = (total if whole else free) / GIB, "free GPU memory"
     else:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        gib, source = system_available_bytes() / GIB / local, "system RAM"
+        ram = system_total_bytes() if whole else system_available_bytes()
+        gib, source = ram / GIB / local, "system RAM"
+    if whole:
+        source = source.replace("free ", "") + ", whole (deterministic)"
     if world > 1:
         import torch.distributed as dist
 
