@@ -64,6 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--jobs", type=int, default=3, help="stages run at the same time")
     parser.add_argument("--timeout", type=float, default=570, help="seconds for everything")
+    parser.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=0.0,
+        help="start a stage beside running ones only with this much GPU memory free (0: off)",
+    )
+    parser.add_argument(
+        "--settle-seconds", type=float, default=20.0, help="with --min-free-gib: between starts"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny models, on the CPU")
     parser.add_argument(
         "--compare",
@@ -107,7 +116,9 @@ def run_check(args: argparse.Namespace, argv: list[str], program: str = "tunelab
     log(f"models ready ({models['seconds']}s): {models}")
 
     poller = GpuPoller()
-    stages = schedule(workdir, env, args.jobs, deadline, poller)
+    stages = schedule(
+        workdir, env, args.jobs, deadline, poller, args.min_free_gib, args.settle_seconds
+    )
     poller.stop()
     out = {
         "command": command_line(program, argv, root),

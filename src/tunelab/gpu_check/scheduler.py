@@ -66,6 +66,13 @@ class GpuPoller:
                 total = sum(used.get(pid, 0) for pid in tree)
                 self.peaks[root] = max(self.peaks.get(root, 0), total)
 
+    def free_gib(self) -> float | None:
+        """The least free memory of this machine's GPUs now (None without a driver)."""
+        if self._nvml is None:
+            return None
+        free = [self._nvml.nvmlDeviceGetMemoryInfo(h).free for h in self._handles]
+        return min(free) / 2**30 if free else None
+
     def peak_gib(self, pid: int) -> float | None:
         if self._nvml is None:
             return None
@@ -87,9 +94,20 @@ def error_line(text: str) -> str | None:
 
 
 def schedule(
-    workdir: Path, env: dict[str, str], jobs: int, deadline: float, poller: GpuPoller
+    workdir: Path,
+    env: dict[str, str],
+    jobs: int,
+    deadline: float,
+    poller: GpuPoller,
+    min_free_gib: float = 0.0,
+    settle: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Run every stage once its upstream stages succeeded; a failure skips its descendants."""
+    """Run every stage once its upstream stages succeeded; a failure skips its descendants.
+
+    ``min_free_gib``: while stages run, the next one starts only when the GPUs have that
+    much memory free and ``settle`` seconds have passed since the last start (a stage
+    takes its memory while it loads): a GPU smaller than the stages' sum is not overrun.
+    """
     res = subprocess.run(
         [sys.executable, "-c", GRAPH], cwd=workdir, env=env, capture_output=True, text=True
     )
@@ -112,6 +130,7 @@ def schedule(
     results: dict[str, dict[str, Any]] = {}
     running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
     order = sorted(needs, key=lambda s: (-descendants(s), s))
+    last_start = 0.0
     while len(results) < len(needs):
         for stage in order:
             if stage in results or stage in running:
@@ -126,34 +145,53 @@ def schedule(
                 continue
             if len(running) >= jobs or not all(d in results for d in needs[stage]):
                 continue
+            if running and min_free_gib and not _room(poller, min_free_gib, settle, last_start):
+                continue
             fh = (logs / f"{stage}.log").open("w")
             cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
             proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT)
             poller.roots.add(proc.pid)
             running[stage] = (proc, time.perf_counter(), fh)
+            last_start = time.perf_counter()
             log(f"start {stage}")
         for stage, (proc, start, fh) in list(running.items()):
             if proc.poll() is None and time.perf_counter() < deadline:
                 continue
-            timed_out = proc.poll() is None
-            if timed_out:
-                proc.kill()
-                proc.wait()
-            fh.close()
-            text = (logs / f"{stage}.log").read_text(errors="replace")
-            ok = proc.returncode == 0
-            results[stage] = {
-                "stage": stage,
-                "status": "ok" if ok else ("timeout" if timed_out else "failed"),
-                "exit": proc.returncode,
-                "seconds": round(time.perf_counter() - start, 1),
-                "peak_gpu_gib": poller.peak_gib(proc.pid),
-            }
-            if not ok:
-                results[stage]["error"] = error_line(text)
-                results[stage]["log_tail"] = text[-2500:]
-            poller.roots.discard(proc.pid)
+            results[stage] = _outcome(stage, proc, start, fh, logs / f"{stage}.log", poller)
             del running[stage]
             log(f"{results[stage]['status']:>7} {stage} {results[stage]['seconds']}s")
         time.sleep(0.2)
     return [results[s] for s in order]
+
+
+def _outcome(
+    stage: str, proc: subprocess.Popen, start: float, fh: Any, log_file: Path, poller: GpuPoller
+) -> dict[str, Any]:
+    """A stage that ended, or is killed at the deadline: status, seconds, peak memory, and
+    for a failure its error line and the log's tail."""
+    timed_out = proc.poll() is None
+    if timed_out:
+        proc.kill()
+        proc.wait()
+    fh.close()
+    ok = proc.returncode == 0
+    result: dict[str, Any] = {
+        "stage": stage,
+        "status": "ok" if ok else ("timeout" if timed_out else "failed"),
+        "exit": proc.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_gpu_gib": poller.peak_gib(proc.pid),
+    }
+    if not ok:
+        text = log_file.read_text(errors="replace")
+        result["error"] = error_line(text)
+        result["log_tail"] = text[-2500:]
+    poller.roots.discard(proc.pid)
+    return result
+
+
+def _room(poller: GpuPoller, min_free_gib: float, settle: float, last_start: float) -> bool:
+    if time.perf_counter() - last_start < settle:
+        return False
+    free = poller.free_gib()
+    return free is None or free >= min_free_gib
