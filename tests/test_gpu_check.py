@@ -82,3 +82,32 @@ def test_compare_lists_differing_metrics(tmp_path: Path, capsys) -> None:
     assert compare(a, b) == 1
     out = capsys.readouterr().out
     assert "!= m.json.base.rougeL: 2.0 | 2.5 +0.5" in out and "1 of 2 metrics differ" in out
+
+
+def test_a_memory_floor_spaces_the_starts(tmp_path: Path) -> None:
+    """With --min-free-gib, a stage starts beside running ones only after --settle-seconds
+    (here no NVIDIA driver reports free memory, so the wait alone spaces them)."""
+    sh(["git", "init", "-q"], tmp_path)
+    sh([sys.executable, "-m", "dvc", "init", "-q"], tmp_path)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        + "".join(
+            f"  s{i}: {{cmd: python step.py 2 o{i}.txt, deps: [step.py], outs: [o{i}.txt]}}\n"
+            for i in range(3)
+        )
+    )
+    (tmp_path / "step.py").write_text(STEP)
+    sh(["git", "add", "-A"], tmp_path)
+    sh([*GIT, "commit", "-qm", "stages"], tmp_path)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (shim / "python").chmod(0o755)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{shim}:{os.environ['PATH']}"}
+    (tmp_path / CHECK).mkdir()
+    poller = GpuPoller()
+    results = schedule(tmp_path, env, 3, time.perf_counter() + 600, poller, 8.0, 1.5)
+    poller.stop()
+    starts = sorted(r["started_at_seconds"] for r in results)
+    assert all(r["status"] == "ok" for r in results)
+    assert all(b - a >= 1.4 for a, b in zip(starts, starts[1:], strict=False)), starts

@@ -130,7 +130,7 @@ def schedule(
     results: dict[str, dict[str, Any]] = {}
     running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
     order = sorted(needs, key=lambda s: (-descendants(s), s))
-    last_start = 0.0
+    last_start, began = 0.0, time.perf_counter()
     while len(results) < len(needs):
         for stage in order:
             if stage in results or stage in running:
@@ -158,6 +158,7 @@ def schedule(
             if proc.poll() is None and time.perf_counter() < deadline:
                 continue
             results[stage] = _outcome(stage, proc, start, fh, logs / f"{stage}.log", poller)
+            results[stage]["started_at_seconds"] = round(start - began, 1)
             del running[stage]
             log(f"{results[stage]['status']:>7} {stage} {results[stage]['seconds']}s")
         time.sleep(0.2)
