@@ -135,3 +135,32 @@ def test_the_memory_plan_budgets_the_whole_machine_when_deterministic() -> None:
         assert whole >= free
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def test_the_engine_writes_the_same_rows_with_the_deterministic_reroute_off(tiny_base) -> None:
+    """The continuous engine turns torch's sort-based index writes off while it runs (its
+    indices never collide) and gives the same rows; the setting comes back afterwards."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.generation import generate_new_tokens
+
+    from .conftest import section
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    gen = section("evaluate.alpaca").generation.model_copy(update={"engine": "continuous"})
+    torch.manual_seed(0)
+    ids = torch.randint(10, model.config.vocab_size, (5, 12))
+    mask = torch.ones_like(ids)
+    kw = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        free = [r.tolist() for r in generate_new_tokens(model, ids, mask, gen, 3, kw)]
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        pinned = [r.tolist() for r in generate_new_tokens(model, ids, mask, gen, 3, kw)]
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert pinned == free

@@ -74,14 +74,28 @@ def test_stages_run_once_their_upstream_passed_and_a_failure_skips_only_descenda
     assert (tmp_path / CHECK / "logs/broken.log").is_file()
 
 
-def test_compare_lists_differing_metrics(tmp_path: Path, capsys) -> None:
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps({"metrics": {"m.json": {"base": {"loss": 1.5, "rougeL": 2.0}}}}))
-    b.write_text(json.dumps({"metrics": {"m.json": {"base": {"loss": 1.5, "rougeL": 2.5}}}}))
+def test_compare_lists_differing_metrics_and_files(tmp_path: Path, capsys) -> None:
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    files = {"adapter_files": {"x/adapter_model.safetensors": "aa"}, "metrics_files": {}}
+    a.write_text(
+        json.dumps({"metrics": {"m.json": {"base": {"loss": 1.5, "rougeL": 2.0}}}} | files)
+    )
+    b.write_text(
+        json.dumps({"metrics": {"m.json": {"base": {"loss": 1.5, "rougeL": 2.5}}}} | files)
+    )
+    other = {"adapter_files": {"x/adapter_model.safetensors": "ab"}, "metrics_files": {}}
+    c.write_text(json.dumps({"metrics": {"m.json": {"base": {"loss": 1.5}}}} | other))
     assert compare(a, a) == 0
-    assert compare(a, b) == 1
+    assert "0 of 2 metrics in both runs differ: identical" in capsys.readouterr().out
+    assert compare(a, b, out=tmp_path / "ab.json") == 1
     out = capsys.readouterr().out
-    assert "!= m.json.base.rougeL: 2.0 | 2.5 +0.5" in out and "1 of 2 metrics differ" in out
+    assert "!= m.json.base.rougeL: 2.0 | 2.5 +0.5" in out and "1 of 2 metrics in both" in out
+    summary = json.loads((tmp_path / "ab.json").read_text())
+    assert summary["metrics_differ"] == {"m.json.base.rougeL": {"a": 2.0, "b": 2.5, "delta": 0.5}}
+    assert compare(a, c, out=tmp_path / "ac.json") == 1  # the adapter's bytes differ
+    summary = json.loads((tmp_path / "ac.json").read_text())
+    assert summary["files"]["adapter_files"]["differ"] == ["x/adapter_model.safetensors"]
+    assert summary["metrics_only_in_one"] == 1 and not summary["both_complete"]
 
 
 def test_a_memory_floor_spaces_the_starts(tmp_path: Path) -> None:

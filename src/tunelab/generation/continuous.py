@@ -40,7 +40,8 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -336,7 +337,8 @@ class Engine:
             raise ValueError(f"a {longest}-token prompt + max_new does not fit {self.max_len}")
         cap = self.sampling.max_new
         limits = [min(cap, int(x)) for x in limits] if limits is not None else [cap] * len(prompts)
-        with torch.no_grad(), invariant_mode(self.invariant, self.device.type):
+        invariant = invariant_mode(self.invariant, self.device.type)
+        with torch.no_grad(), invariant, unique_index_writes():
             if self._use_graph() and self.graph is None:
                 self._capture()
             self._reset()
@@ -399,6 +401,31 @@ class Engine:
                     made / (self.stats.decode_steps * self.slots), 4
                 )
                 return results
+
+
+@contextmanager
+def unique_index_writes() -> Iterator[None]:
+    """torch's deterministic algorithms off while the engine runs (captures) its steps.
+
+    Deterministic mode (tunelab.determinism) reroutes every index write (index_put,
+    index_copy, scatter) through a sort-based kernel, dozens per decode step. The
+    engine's writes never repeat an index within one call with different values: one
+    cache position per slot, one output column per slot, each prompt into its own slot
+    (a prompt's repeated tokens all mark the same ``seen`` entry True). Such writes give
+    the same bytes whatever the order, so the default kernels stay deterministic without
+    the reroute; cuBLAS keeps its fixed workspace (an environment setting, untouched).
+    """
+    import torch
+
+    on = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if on:
+        torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        if on:
+            torch.use_deterministic_algorithms(True, warn_only=warn)
 
 
 def held_engine(model: Any) -> Engine | None:

@@ -76,54 +76,54 @@ def machine() -> dict[str, Any]:
 
 def compare(a: Path, b: Path, out: Path | None = None) -> int:
     """Print every metric of two runs side by side and whether their adapters (safetensors
-    bytes) and metrics files are identical; exit 1 if anything differs. ``out``: the
-    summary as JSON (what differs, by how much)."""
+    bytes) and metrics files are identical; exit 1 if anything both runs produced differs.
+    What only one run produced (a stage that timed out in the other) is listed apart.
+    ``out``: the summary as JSON (what differs, by how much)."""
     ra, rb = (json.loads(p.read_text()) for p in (a, b))
     ma, mb = flatten(ra["metrics"]), flatten(rb["metrics"])
     differ: dict[str, Any] = {}
-    for key in sorted(set(ma) | set(mb)):
-        va, vb = ma.get(key), mb.get(key)
-        if isinstance(va, list) or isinstance(vb, list):
-            continue
-        same = va == vb
-        delta = (
-            vb - va
-            if not same and isinstance(va, (int, float)) and isinstance(vb, (int, float))
-            else None
-        )
-        if not same:
+    both = sorted(k for k in set(ma) & set(mb) if not isinstance(ma[k], list))
+    for key in both:
+        va, vb = ma[key], mb[key]
+        numbers = isinstance(va, (int, float)) and isinstance(vb, (int, float))
+        delta = vb - va if va != vb and numbers else None
+        if va != vb:
             differ[key] = {"a": va, "b": vb, "delta": delta}
-        print(
-            f"{'  ' if same else '!='} {key}: {va} | {vb} {'' if delta is None else f'{delta:+.4g}'}"
-        )
+        shown = "" if delta is None else f" {delta:+.4g}"
+        print(f"{'  ' if va == vb else '!='} {key}: {va} | {vb}{shown}")
     files = {}
     for kind in ("adapter_files", "metrics_files"):
         fa, fb = ra.get(kind) or {}, rb.get(kind) or {}
+        shared = sorted(set(fa) & set(fb))
         files[kind] = {
-            "compared": len(set(fa) & set(fb)),
-            "differ": sorted(k for k in set(fa) & set(fb) if fa[k] != fb[k]),
+            "in_both": shared,
+            "differ": [k for k in shared if fa[k] != fb[k]],
             "only_in_one": sorted(set(fa) ^ set(fb)),
         }
+        f = files[kind]
         print(
-            f"{kind}: {files[kind]['compared']} in both, differ: {files[kind]['differ'] or 'none'}"
-            + (f", only in one: {files[kind]['only_in_one']}" if files[kind]["only_in_one"] else "")
+            f"{kind}: {len(shared)} in both, differ: {f['differ'] or 'none'}; only in one run: "
+            f"{f['only_in_one'] or 'none'}"
         )
     summary = {
         "a": str(a),
         "b": str(b),
-        "metrics_compared": len(set(ma) | set(mb)),
+        "metrics_in_both": len(both),
+        "metrics_only_in_one": len(set(ma) ^ set(mb)),
         "metrics_differ": differ,
         "files": files,
-        "identical": not differ
-        and not any(f["differ"] or f["only_in_one"] for f in files.values()),
+        "identical_where_both_ran": not differ and not any(f["differ"] for f in files.values()),
+        "both_complete": not (set(ma) ^ set(mb))
+        and not any(f["only_in_one"] for f in files.values()),
     }
+    verdict = "identical" if summary["identical_where_both_ran"] else "NOT identical"
     print(
-        f"{len(differ)} of {len(set(ma) | set(mb))} metrics differ; "
-        f"{'identical' if summary['identical'] else 'NOT identical'}"
+        f"{len(differ)} of {len(both)} metrics in both runs differ: {verdict} where both ran"
+        f"{'' if summary['both_complete'] else ' (one run has outputs the other lacks)'}"
     )
     if out is not None:
         out.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
-    return 0 if summary["identical"] else 1
+    return 0 if summary["identical_where_both_ran"] and summary["both_complete"] else 1
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -4,7 +4,9 @@ with the peak GPU memory of each (the driver's per-process figure, polled)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -149,7 +151,14 @@ def schedule(
                 continue
             fh = (logs / f"{stage}.log").open("w")
             cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
-            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(  # its own process group: a timeout kills the stage too
+                cmd,
+                cwd=workdir,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             poller.roots.add(proc.pid)
             running[stage] = (proc, time.perf_counter(), fh)
             last_start = time.perf_counter()
@@ -171,8 +180,8 @@ def _outcome(
     """A stage that ended, or is killed at the deadline: status, seconds, peak memory, and
     for a failure its error line and the log's tail."""
     timed_out = proc.poll() is None
-    if timed_out:
-        proc.kill()
+    if timed_out:  # dvc and the stage it started (which would write on after dvc died)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     fh.close()
     ok = proc.returncode == 0
